@@ -1,0 +1,32 @@
+"""Builds tf.data pipelines from `InputReader` protos."""
+
+from tal_tf.data import input_pipeline
+from tal_tf.utils import config_util
+
+
+def build(reader_config, num_classes, is_training, input_context=None, seed=None,
+          batch_size=None):
+  """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
+
+  `batch_size` overrides the reader's global batch size (e.g. eval on one video at a time);
+  with an `input_context` the per-replica batch is derived from the global one.
+  """
+  batch = int(batch_size or reader_config.batch_size)
+  if input_context is not None:
+    batch = input_context.get_per_replica_batch_size(batch)
+  return input_pipeline.build_dataset(
+      file_pattern=list(reader_config.input_path),
+      stream_dims=config_util.stream_dims(reader_config),
+      num_classes=num_classes,
+      batch_size=batch,
+      is_training=is_training,
+      max_steps=(reader_config.max_steps or None) if is_training else None,
+      min_kept_fraction=reader_config.min_kept_fraction,
+      shuffle_buffer=(reader_config.shuffle_buffer_size
+                      if is_training and reader_config.shuffle else 0),
+      num_parallel_reads=reader_config.num_parallel_reads,
+      skip_corrupt=reader_config.skip_corrupt_records,
+      max_segments=reader_config.max_segments or None,
+      input_context=input_context,
+      repeat=reader_config.repeat if is_training else False,
+      seed=seed)
