@@ -1,0 +1,151 @@
+"""Evaluation of a model on the eval input: detections -> results dicts -> metrics.
+
+Runs the model over whole videos (batched, padded), turns detections into the exchange format
+(`{video_id: [{"segment": [s, e], "label": name, "score": f}]}`), and scores them with the
+host-side evaluator of `tal_tf.evaluation` (the same code the evaluation CLI uses). Metrics go
+to TensorBoard (scalars and images) and to a metrics JSON.
+"""
+
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from tal_tf.builders import input_reader_builder
+from tal_tf.core.standard_fields import DetectionFields
+from tal_tf.core.standard_fields import InputFields
+from tal_tf.data import label_map_util
+from tal_tf.evaluation import evaluator as evaluator_lib
+
+
+def class_names_from_config(config, num_classes):
+  """{id: name} from the eval (or train) reader's label map; ids as names if none."""
+  for reader in (config.eval_input_reader, config.train_input_reader):
+    path = reader.label_map_path
+    if path:
+      names = {i: n for n, i in label_map_util.get_label_map_dict(path).items()}
+      missing = [i for i in range(1, num_classes + 1) if i not in names]
+      if missing:
+        raise ValueError(f"label map {path} lacks ids {missing[:10]} for num_classes="
+                         f"{num_classes}")
+      return {i: names[i] for i in range(1, num_classes + 1)}
+  return {i: f"class_{i}" for i in range(1, num_classes + 1)}
+
+
+def _decode_id(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class DetectionCollector:
+  """Accumulates ground truth, detections and proposals per video (host side, numpy)."""
+
+  def __init__(self, class_names, max_detections_per_video=200):
+    self.class_names = dict(class_names)
+    self.max_detections = int(max_detections_per_video)
+    self.groundtruth = {}
+    self.results = {}
+    self.proposals = {}
+
+  def add_batch(self, batch, detections):
+    """Adds one evaluated batch: input batch (numpy) + postprocessed detections (numpy)."""
+    ids = batch[InputFields.video_id]
+    for b in range(len(ids)):
+      vid = _decode_id(ids[b])
+      if vid in self.groundtruth:
+        raise ValueError(f"video {vid!r} appears twice in the eval input")
+      g = int(batch[InputFields.num_segments][b])
+      segs = batch[InputFields.segments_seconds][b][:g]
+      labels = batch[InputFields.labels][b][:g]
+      self.groundtruth[vid] = {
+          "duration": float(batch[InputFields.duration][b]),
+          "annotations": [{"segment": [float(s), float(e)],
+                           "label": self.class_names[int(l)]}
+                          for (s, e), l in zip(segs, labels)],
+      }
+      n = min(int(detections[DetectionFields.num_detections][b]), self.max_detections)
+      self.results[vid] = [
+          {"segment": [float(s), float(e)],
+           "label": self.class_names[int(c)],
+           "score": float(sc)}
+          for (s, e), c, sc in zip(detections[DetectionFields.detection_segments][b][:n],
+                                   detections[DetectionFields.detection_classes][b][:n],
+                                   detections[DetectionFields.detection_scores][b][:n])]
+      p = int(detections[DetectionFields.num_proposals][b])
+      self.proposals[vid] = [
+          {"segment": [float(s), float(e)], "score": float(sc)}
+          for (s, e), sc in zip(detections[DetectionFields.proposal_segments][b][:p],
+                                detections[DetectionFields.proposal_scores][b][:p])]
+
+
+def build_eval_dataset(config, num_classes):
+  """Whole-video, read-once eval dataset from the eval input reader."""
+  reader = config.eval_input_reader
+  if not reader.input_path:
+    raise ValueError("eval_input_reader.input_path is empty: evaluation needs records")
+  return input_reader_builder.build(reader, num_classes=num_classes, is_training=False)
+
+
+def make_detect_fn(model):
+  """tf.function: batch -> postprocessed detections."""
+
+  @tf.function(reduce_retracing=True)
+  def detect(features, num_steps, feature_fps):
+    predictions = model.predict(features, num_steps, training=False)
+    return model.postprocess(predictions, num_steps, feature_fps)
+
+  return detect
+
+
+def collect(model, dataset, class_names, max_detections_per_video, max_videos=0):
+  """Runs `model` over `dataset`; returns a filled DetectionCollector."""
+  collector = DetectionCollector(class_names, max_detections_per_video)
+  detect = make_detect_fn(model)
+  for batch in dataset:
+    dets = detect(batch[InputFields.features], batch[InputFields.num_steps],
+                  batch[InputFields.feature_fps])
+    collector.add_batch(tf.nest.map_structure(lambda t: t.numpy(), batch),
+                        {k: v.numpy() for k, v in dets.items()})
+    if max_videos and len(collector.groundtruth) >= max_videos:
+      break
+  return collector
+
+
+def evaluator_from_config(eval_config):
+  """DetectionEvaluator with the config's thresholds (THUMOS14 defaults when unset)."""
+  kwargs = {}
+  if eval_config.tiou_thresholds:
+    kwargs["tiou_thresholds"] = [float(t) for t in eval_config.tiou_thresholds]
+  if eval_config.recall_tiou_thresholds:
+    kwargs["recall_tiou_thresholds"] = [float(t) for t in eval_config.recall_tiou_thresholds]
+  if eval_config.average_number_of_proposals:
+    kwargs["average_number_of_proposals"] = list(eval_config.average_number_of_proposals)
+  kwargs["protocol"] = eval_config.protocol or "activitynet"
+  return evaluator_lib.DetectionEvaluator(**kwargs)
+
+
+def evaluate_model(model, config, step, output_dir, num_classes):
+  """Full evaluation: metrics dict, TensorBoard summaries in output_dir, metrics JSON."""
+  eval_config = config.eval_config
+  class_names = class_names_from_config(config, num_classes)
+  dataset = build_eval_dataset(config, num_classes)
+  collector = collect(model, dataset, class_names,
+                      eval_config.max_detections_per_video or 200,
+                      eval_config.max_videos)
+  if not collector.groundtruth:
+    raise ValueError("the eval input produced no videos; check eval_input_reader.input_path")
+  evaluator = evaluator_from_config(eval_config)
+  metrics = evaluator.evaluate(collector.groundtruth, collector.results, collector.proposals,
+                               class_names=[class_names[i] for i in sorted(class_names)])
+  writer = tf.summary.create_file_writer(output_dir)
+  with writer.as_default(step=step):
+    for name, value in evaluator_lib.scalar_metrics(metrics).items():
+      tf.summary.scalar(name, value)
+    for name, image in evaluator.summary_images(
+        metrics, collector.groundtruth, collector.results,
+        num_videos=eval_config.num_visualizations).items():
+      tf.summary.image(name, image[np.newaxis], max_outputs=1)
+  writer.flush()
+  writer.close()
+  logging.info("evaluation at step %d:\n%s", step, evaluator_lib.format_table(metrics))
+  return metrics, collector

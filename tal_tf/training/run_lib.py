@@ -1,0 +1,92 @@
+"""Modes of train_main.py: train, eval, train_and_eval, continuous_eval."""
+
+import os
+
+from absl import logging
+import tensorflow as tf
+
+from tal_tf.builders import model_builder
+from tal_tf.training import eval_lib
+from tal_tf.training import train_lib
+
+MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+
+
+def _eval_dir(model_dir):
+  return os.path.join(model_dir, train_lib.EVAL_SUBDIR)
+
+
+def evaluate_checkpoint(config, model_dir, checkpoint_path=None, model=None):
+  """Restores a checkpoint into a (new) model and evaluates it; returns (metrics, step)."""
+  num_classes = train_lib.model_num_classes(config)
+  if model is None:
+    model = model_builder.build(config.model)
+  path = checkpoint_path or tf.train.latest_checkpoint(model_dir)
+  if not path:
+    raise FileNotFoundError(f"no checkpoint found in {model_dir}; train first or pass "
+                            "--checkpoint")
+  step = tf.Variable(0, dtype=tf.int64)
+  ckpt = tf.train.Checkpoint(model=model)
+  # The optimizer and input position are in the checkpoint too; evaluation needs neither.
+  ckpt.restore(path).expect_partial()
+  step_value = _step_of(path)
+  del step
+  metrics, _ = eval_lib.evaluate_model(model, config, step_value, _eval_dir(model_dir),
+                                       num_classes)
+  train_lib.write_metrics_json(metrics, _eval_dir(model_dir), step_value)
+  train_lib.write_metrics_json(metrics, model_dir, step_value)
+  return metrics, step_value
+
+
+def _step_of(checkpoint_path):
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  for key in reader.get_variable_to_shape_map():
+    if key.startswith("optimizer/iter"):
+      return int(reader.get_tensor(key))
+  try:
+    return int(checkpoint_path.rsplit("-", 1)[-1])
+  except ValueError:
+    return 0
+
+
+def run(config, model_dir, mode, num_train_steps=None, checkpoint=None):
+  """Runs `mode` for `config` in `model_dir`; returns the last metrics dict (or None)."""
+  if mode not in MODES:
+    raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+  if mode in ("train", "train_and_eval"):
+    trainer = train_lib.Trainer(config, model_dir, num_train_steps)
+    num_classes = train_lib.model_num_classes(config)
+    evaluate_fn = None
+    results = {}
+    if mode == "train_and_eval":
+      def evaluate_fn(step):
+        metrics, _ = eval_lib.evaluate_model(trainer.model, config, step,
+                                             _eval_dir(model_dir), num_classes)
+        train_lib.write_metrics_json(metrics, _eval_dir(model_dir), step)
+        train_lib.write_metrics_json(metrics, model_dir, step)
+        results["metrics"] = metrics
+    step = trainer.train(evaluate_fn)
+    if evaluate_fn is not None:
+      evaluate_fn(step)
+      return results["metrics"]
+    return None
+  if mode == "eval":
+    metrics, _ = evaluate_checkpoint(config, model_dir, checkpoint)
+    return metrics
+  # continuous_eval: evaluate each new checkpoint until training's last step is evaluated.
+  target = int(num_train_steps or config.train_config.num_steps)
+  metrics = None
+  model = model_builder.build(config.model)
+  for path in tf.train.checkpoints_iterator(
+      model_dir, min_interval_secs=config.eval_config.eval_interval_secs or 60,
+      timeout=config.eval_config.eval_timeout_secs or None):
+    try:
+      metrics, step = evaluate_checkpoint(config, model_dir, path, model=model)
+    except (tf.errors.NotFoundError, FileNotFoundError) as e:
+      # The trainer's max_to_keep may delete a checkpoint before we read it.
+      logging.warning("checkpoint %s vanished before evaluation (%s); waiting for the next",
+                      path, e)
+      continue
+    if step >= target:
+      break
+  return metrics
