@@ -20,7 +20,7 @@ def _argmax(config):
 def _three_way(config):
   return three_way_matcher.ThreeWayMatcher(
       positive_threshold=config.positive_threshold,
-      incomplete_low=config.incomplete_low,
+      incomplete_threshold=config.incomplete_low,
       background_threshold=config.background_threshold)
 
 

@@ -43,7 +43,11 @@ def build_tal_net(config):
     anchor_config = anchor_generator_pb2.AnchorGenerator(
         multiscale_anchor_generator=anchor_generator_pb2.MultiscaleAnchorGenerator())
   anchors = anchor_generator_builder.build(anchor_config)
-  scales = tuple(float(s) for s in anchors.scales)
+  bad = [s for s in anchors.scales if not float(s).is_integer()]
+  if bad:
+    raise ValueError(f"tal_net.anchor_generator: scales must be whole numbers of feature steps "
+                     f"(each SPN tower's receptive field is built to equal its scale); got {bad}")
+  scales = tuple(int(s) for s in anchors.scales)
   coder = segment_coder_builder.build(config.segment_coder)
   first_matcher = matcher_builder.build(config.first_stage_matcher, _DEFAULT_FIRST_MATCHER)
   second_matcher = matcher_builder.build(config.second_stage_matcher, _DEFAULT_SECOND_MATCHER)
@@ -61,7 +65,7 @@ def build_tal_net(config):
         scales=scales, variant=variant, use_context=config.spn_context,
         filters=config.num_filters, name=f"{safe}_spn")
     head = tal_net_classifier.SoiClassifierHead(
-        num_classes=config.num_classes, reduction_dim=config.feature_reduction_dim,
+        num_classes=config.num_classes, reduce_filters=config.feature_reduction_dim,
         fc_units=config.num_filters, dropout_rate=config.dropout_rate,
         name=f"{safe}_classifier")
     return reducer, spn, head

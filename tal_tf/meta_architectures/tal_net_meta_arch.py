@@ -191,12 +191,11 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     # training): no gradient flows through their coordinates.
     decoded = tf.stop_gradient(decoded)
     scores = tf.stop_gradient(tf.nn.softmax(objectness_logits)[..., 1])
-    out = post_processing.batch_class_agnostic_nms(
+    segments, scores, _, num = post_processing.batch_class_agnostic_nms(
         decoded, scores, num_valid,
         iou_threshold=self._first_nms_iou,
-        max_output=self._max_proposals,
-        score_threshold=float("-inf"))
-    return out["segments"], out["scores"], out["num_detections"]
+        max_output=self._max_proposals)
+    return segments, scores, num
 
   def _classify(self, maps, proposals, num_steps, training):
     """SoI pooling + classifier per branch, logits averaged across branches."""
@@ -243,7 +242,9 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     n = tf.shape(logits)[1]
     valid = self._valid_mask(predictions["num_valid_anchors"], n)
     ones = tf.ones_like(gt_segments[..., 0], tf.int32)
-    targets = self._first_assigner.assign(predictions["anchors"], gt_segments, ones, num_gt)
+    # Anchors on padded steps take no part in matching (nor in forced matches).
+    targets = self._first_assigner.assign(predictions["anchors"], gt_segments, ones, num_gt,
+                                          anchor_valid=valid)
     eligible = tf.logical_and(valid, targets["cls_weights"] > 0)
     positive = tf.logical_and(eligible, targets["cls_targets"] > 0)
     sampled = self._first_sampler.subsample(eligible, positive)
@@ -255,7 +256,8 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     proposals = predictions["proposal_segments"]
     p = tf.shape(proposals)[1]
     valid = self._valid_mask(predictions["num_proposals"], p)
-    targets = self._second_assigner.assign(proposals, gt_segments, gt_labels, num_gt)
+    targets = self._second_assigner.assign(proposals, gt_segments, gt_labels, num_gt,
+                                           anchor_valid=valid)
     eligible = tf.logical_and(valid, targets["cls_weights"] > 0)
     foreground = tf.logical_and(eligible, targets["cls_targets"] > 0)
     sampled = self._second_sampler.subsample(eligible, foreground)
