@@ -160,7 +160,10 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     num_valid_anchors = num_steps * k
 
     reduced = [reducer(m, training=training) for reducer, m in zip(self._reducers, maps)]
-    spn_out = [spn(r, training=training) for spn, r in zip(self._spns, reduced)]
+    # The SPN masks padded steps between layers, so a video's proposals do not depend on
+    # what else is in its batch.
+    spn_out = [spn(r, num_steps=num_steps, training=training)
+               for spn, r in zip(self._spns, reduced)]
     objectness_logits = tf.add_n([o[0] for o in spn_out]) / float(len(spn_out))
     anchor_box_encodings = tf.add_n([o[1] for o in spn_out]) / float(len(spn_out))
 
