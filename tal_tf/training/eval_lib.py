@@ -17,6 +17,7 @@ from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.data import label_map_util
 from tal_tf.evaluation import evaluator as evaluator_lib
+from tal_tf.evaluation import io as eval_io
 
 
 def class_names_from_config(config, num_classes):
@@ -38,7 +39,11 @@ def _decode_id(value):
 
 
 class DetectionCollector:
-  """Accumulates ground truth, detections and proposals per video (host side, numpy)."""
+  """Accumulates ground truth, detections and proposals per video (host side, numpy).
+
+  Entries follow the evaluator's per-video format: {"segments": [N, 2] seconds, "labels":
+  [N] class names, "scores": [N]} (ground truth has no scores, proposals no labels).
+  """
 
   def __init__(self, class_names, max_detections_per_video=200):
     self.class_names = dict(class_names)
@@ -46,6 +51,14 @@ class DetectionCollector:
     self.groundtruth = {}
     self.results = {}
     self.proposals = {}
+    self.durations = {}
+
+  def _names(self, ids, where):
+    try:
+      return np.array([self.class_names[int(i)] for i in ids], dtype=object)
+    except KeyError as e:
+      raise ValueError(f"{where}: label id {e.args[0]} is not in the label map "
+                       f"(ids 1..{len(self.class_names)})") from None
 
   def add_batch(self, batch, detections):
     """Adds one evaluated batch: input batch (numpy) + postprocessed detections (numpy)."""
@@ -55,27 +68,26 @@ class DetectionCollector:
       if vid in self.groundtruth:
         raise ValueError(f"video {vid!r} appears twice in the eval input")
       g = int(batch[InputFields.num_segments][b])
-      segs = batch[InputFields.segments_seconds][b][:g]
-      labels = batch[InputFields.labels][b][:g]
+      self.durations[vid] = float(batch[InputFields.duration][b])
       self.groundtruth[vid] = {
-          "duration": float(batch[InputFields.duration][b]),
-          "annotations": [{"segment": [float(s), float(e)],
-                           "label": self.class_names[int(l)]}
-                          for (s, e), l in zip(segs, labels)],
+          "segments": np.asarray(batch[InputFields.segments_seconds][b][:g], np.float64),
+          "labels": self._names(batch[InputFields.labels][b][:g], f"video {vid} ground truth"),
       }
       n = min(int(detections[DetectionFields.num_detections][b]), self.max_detections)
-      self.results[vid] = [
-          {"segment": [float(s), float(e)],
-           "label": self.class_names[int(c)],
-           "score": float(sc)}
-          for (s, e), c, sc in zip(detections[DetectionFields.detection_segments][b][:n],
-                                   detections[DetectionFields.detection_classes][b][:n],
-                                   detections[DetectionFields.detection_scores][b][:n])]
+      self.results[vid] = {
+          "segments": np.asarray(detections[DetectionFields.detection_segments][b][:n],
+                                 np.float64),
+          "labels": self._names(detections[DetectionFields.detection_classes][b][:n],
+                                f"video {vid} detections"),
+          "scores": np.asarray(detections[DetectionFields.detection_scores][b][:n],
+                               np.float64),
+      }
       p = int(detections[DetectionFields.num_proposals][b])
-      self.proposals[vid] = [
-          {"segment": [float(s), float(e)], "score": float(sc)}
-          for (s, e), sc in zip(detections[DetectionFields.proposal_segments][b][:p],
-                                detections[DetectionFields.proposal_scores][b][:p])]
+      self.proposals[vid] = {
+          "segments": np.asarray(detections[DetectionFields.proposal_segments][b][:p],
+                                 np.float64),
+          "scores": np.asarray(detections[DetectionFields.proposal_scores][b][:p], np.float64),
+      }
 
 
 def build_eval_dataset(config, num_classes):
@@ -137,6 +149,8 @@ def evaluate_model(model, config, step, output_dir, num_classes):
   evaluator = evaluator_from_config(eval_config)
   metrics = evaluator.evaluate(collector.groundtruth, collector.results, collector.proposals,
                                class_names=[class_names[i] for i in sorted(class_names)])
+  eval_io.write_results(os.path.join(output_dir, f"detections_step_{int(step)}.json"),
+                        collector.results)
   writer = tf.summary.create_file_writer(output_dir)
   with writer.as_default(step=step):
     for name, value in evaluator_lib.scalar_metrics(metrics).items():

@@ -25,12 +25,10 @@ def evaluate_checkpoint(config, model_dir, checkpoint_path=None, model=None):
   if not path:
     raise FileNotFoundError(f"no checkpoint found in {model_dir}; train first or pass "
                             "--checkpoint")
-  step = tf.Variable(0, dtype=tf.int64)
   ckpt = tf.train.Checkpoint(model=model)
   # The optimizer and input position are in the checkpoint too; evaluation needs neither.
   ckpt.restore(path).expect_partial()
   step_value = _step_of(path)
-  del step
   metrics, _ = eval_lib.evaluate_model(model, config, step_value, _eval_dir(model_dir),
                                        num_classes)
   train_lib.write_metrics_json(metrics, _eval_dir(model_dir), step_value)

@@ -13,7 +13,6 @@ import os
 import time
 
 from absl import logging
-import numpy as np
 import tensorflow as tf
 
 from tal_tf.builders import input_reader_builder
@@ -125,8 +124,7 @@ class Trainer:
       self._manager = tf.train.CheckpointManager(
           self._checkpoint, self.model_dir,
           max_to_keep=self.config.train_config.max_checkpoints_to_keep,
-          step_counter=self.global_step,
-          checkpoint_interval=self.config.train_config.checkpoint_every_n_steps)
+          step_counter=self.global_step)
     return self._manager
 
   def restore(self):
@@ -200,7 +198,6 @@ class Trainer:
     if eval_every:
       intervals.append(eval_every)
     intervals = [i for i in intervals if i and i > 0]
-    last_logged = step
     while step < target:
       # Run up to the next multiple of any interval so checkpoints, summaries and logs
       # land exactly on their steps.
@@ -226,12 +223,14 @@ class Trainer:
         logging.info("step %d/%d | %s | %.2f steps/s | ETA %s", step, target,
                      " ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items())),
                      rate, _format_eta(remaining))
-        last_logged = step
-      manager.save(checkpoint_number=step, check_interval=True)
-      if eval_every and _crossed(step, n, eval_every) and step < target:
+      saved = False
+      if _crossed(step, n, train_config.checkpoint_every_n_steps):
         manager.save(checkpoint_number=step, check_interval=False)
+        saved = True
+      if eval_every and _crossed(step, n, eval_every) and step < target:
+        if not saved:
+          manager.save(checkpoint_number=step, check_interval=False)
         evaluate_fn(step)
-    del last_logged
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
       manager.save(checkpoint_number=step, check_interval=False)
     writer.close()
@@ -247,25 +246,12 @@ def _crossed(step, n, interval):
 
 def write_metrics_json(metrics, directory, step):
   """Writes metrics to `directory`/metrics.json and metrics_step_<step>.json."""
+  from tal_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   tf.io.gfile.makedirs(directory)
-  payload = dict(metrics)
+  payload = evaluator.to_json(metrics)
   payload["global_step"] = int(step)
-  text = json.dumps(_to_builtin(payload), indent=2, sort_keys=True)
+  text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
   for name in (METRICS_FILE, f"metrics_step_{int(step)}.json"):
     with tf.io.gfile.GFile(os.path.join(directory, name), "w") as f:
       f.write(text)
   return os.path.join(directory, METRICS_FILE)
-
-
-def _to_builtin(obj):
-  if isinstance(obj, dict):
-    return {str(k): _to_builtin(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_to_builtin(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  if isinstance(obj, (np.floating,)):
-    return float(obj)
-  if isinstance(obj, (np.integer,)):
-    return int(obj)
-  return obj
