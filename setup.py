@@ -24,7 +24,8 @@ setup(
     version="0.1.0",
     description="Temporal action localization in TensorFlow, Object Detection API style",
     packages=find_packages(include=["tal_tf", "tal_tf.*"]),
-    package_data={"tal_tf": ["dataset_tools/resources/*.json", "protos/*.py"]},
+    package_data={"tal_tf": ["dataset_tools/resources/*.json", "dataset_tools/resources/*.pbtxt",
+                             "dataset_tools/README.md", "protos/*.py"]},
     python_requires=">=3.11,<3.12",
     cmdclass={"build_py": BuildPyWithProtos},
 )

@@ -30,7 +30,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "demo_output", "Where data, records and the model go.")
 flags.DEFINE_string("pipeline_config", DEFAULT_CONFIG, "Pipeline config to train.")
 flags.DEFINE_integer("num_videos", 60,
-                     "Videos per subset (first N ids of THUMOS14 validation and test); 0 = all.")
+                     "Videos per subset of THUMOS14 validation and test (N ids spread evenly over the "
+                     "sorted list, so every class appears); 0 = all.")
 flags.DEFINE_integer("num_train_steps", None, "Overrides train_config.num_steps.")
 flags.DEFINE_float("feature_fps", 2.0, "Feature steps per second of the synthetic features.")
 flags.DEFINE_integer("dim", 32, "Feature dim of each synthetic stream.")

@@ -9,11 +9,9 @@ def build(reader_config, num_classes, is_training, input_context=None, seed=None
   """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
 
   `batch_size` overrides the reader's global batch size (e.g. eval on one video at a time);
-  with an `input_context` the per-replica batch is derived from the global one.
+  with an `input_context`, `build_dataset` derives the per-replica batch from the global one.
   """
   batch = int(batch_size or reader_config.batch_size)
-  if input_context is not None:
-    batch = input_context.get_per_replica_batch_size(batch)
   return input_pipeline.build_dataset(
       file_pattern=list(reader_config.input_path),
       stream_dims=config_util.stream_dims(reader_config),

@@ -1,0 +1,228 @@
+"""tf.data input pipeline: sharded TFRecords of SequenceExamples -> padded batches.
+
+Order of operations (training): list files -> shard per input pipeline -> shuffle files ->
+repeat -> parallel interleave of per-file readers (each checked for corruption) -> shuffle
+records -> decode -> random window crop -> pad + batch (static shapes where configured) ->
+prefetch. Evaluation keeps whole videos, a fixed order and the last partial batch.
+
+Corrupt or truncated files: each file is read through an integrity check that adds up the
+bytes of the records it yields (TFRecord framing: 16 bytes + payload per record) and
+compares the total with the file size when the file ends. A file whose read stops early
+(bad CRC, cut length, truncation) fails with an InvalidArgumentError naming the file
+(TensorFlow's own DataLossError does not name it). With `skip_corrupt=True` the rest of
+such a file is skipped instead (records before the damage have already been used), a line
+naming the file is printed to stderr, and `corrupt_counter` (a tf.Variable int64 scalar,
+also available as `dataset.corrupt_counter`) is incremented once per damaged file read.
+"""
+
+import sys
+
+import tensorflow as tf
+
+from tal_tf.core.standard_fields import InputFields
+from tal_tf.data import sequence_example
+from tal_tf.data import temporal_crop
+
+_RECORD_OVERHEAD_BYTES = 16  # uint64 length + uint32 length CRC + uint32 data CRC.
+
+
+def list_files(file_pattern):
+  """Expands a glob pattern (or a list of patterns / paths) into a sorted file list."""
+  patterns = [file_pattern] if isinstance(file_pattern, (str, bytes)) else list(file_pattern)
+  if not patterns:
+    raise ValueError("file_pattern is empty; expected a glob such as 'data/train-*.tfrecord'")
+  files = []
+  for pattern in patterns:
+    pattern = pattern.decode() if isinstance(pattern, bytes) else str(pattern)
+    matched = tf.io.gfile.glob(pattern)
+    if not matched:
+      raise ValueError(f"file_pattern {pattern!r} matched no files")
+    files.extend(matched)
+  return sorted(set(files))
+
+
+def make_corrupt_counter():
+  """Creates the int64 scalar variable that counts skipped corrupt TFRecord files."""
+  return tf.Variable(0, dtype=tf.int64, trainable=False, name="corrupt_tfrecord_files")
+
+
+def _checked_records(filename, file_size, skip_corrupt, corrupt_counter):
+  """Dataset of one file's serialized records, with the end-of-file integrity check."""
+  records = tf.data.TFRecordDataset(filename).ignore_errors()
+  records = records.map(lambda r: (r, False))
+  end_marker = tf.data.Dataset.from_tensors((tf.constant(b""), True))
+
+  def account(consumed, element):
+    record, is_end = element
+    size = tf.cast(tf.strings.length(record), tf.int64) + _RECORD_OVERHEAD_BYTES
+    consumed = consumed + tf.where(is_end, tf.constant(0, tf.int64), size)
+    return consumed, (record, is_end, consumed)
+
+  scanned = records.concatenate(end_marker).scan(tf.constant(0, tf.int64), account)
+
+  def check(record, is_end, consumed):
+    intact = tf.logical_or(tf.logical_not(is_end), tf.equal(consumed, file_size))
+    if skip_corrupt:
+      def report():
+        printed = tf.print("Skipping the rest of corrupt or truncated TFRecord file", filename,
+                           "(read", consumed, "of", file_size, "bytes)",
+                           output_stream=sys.stderr)
+        counted = corrupt_counter.assign_add(1)
+        with tf.control_dependencies([printed, counted]):
+          return tf.constant(1, tf.int64)
+      done = tf.cond(intact, lambda: tf.constant(0, tf.int64), report)
+      with tf.control_dependencies([done]):
+        return tf.identity(record), is_end
+    assertion = tf.debugging.Assert(
+        intact, ["Corrupt or truncated TFRecord file", filename, "read", consumed, "of",
+                 file_size, "bytes; pass skip_corrupt=True to skip damaged files"])
+    with tf.control_dependencies([assertion]):
+      return tf.identity(record), is_end
+
+  checked = scanned.map(check)
+  return checked.filter(lambda record, is_end: tf.logical_not(is_end)).map(
+      lambda record, is_end: record)
+
+
+def _pad_shapes(stream_dims, time_dim, max_segments, num_classes):
+  """padded_shapes for padded_batch over the decoded dict."""
+  shapes = {
+      InputFields.video_id: [],
+      InputFields.duration: [],
+      InputFields.feature_fps: [],
+      InputFields.num_steps: [],
+      InputFields.features: {s: [time_dim, int(d)] for s, d in stream_dims.items()},
+      InputFields.segments: [max_segments, 2],
+      InputFields.segments_seconds: [max_segments, 2],
+      InputFields.labels: [max_segments],
+      InputFields.num_segments: [],
+      InputFields.window_offset: [],
+  }
+  if num_classes is not None:
+    shapes[InputFields.video_labels] = [num_classes]
+  return shapes
+
+
+def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_training,
+                  max_steps=None, min_kept_fraction=0.5, shuffle_buffer=256,
+                  num_parallel_reads=4, skip_corrupt=False, max_segments=None,
+                  input_context=None, repeat=None, seed=None, corrupt_counter=None):
+  """Builds the batched input dataset from TFRecords of SequenceExamples.
+
+  Args:
+    file_pattern: glob str or list of globs / paths of TFRecord files.
+    stream_dims: dict stream -> feature dim, e.g. {'rgb': 1024, 'flow': 1024}.
+    num_classes: number of foreground classes (multi-hot video_labels width), or None.
+    batch_size: global batch size (divided per replica when input_context is given).
+    is_training: shuffle, repeat, random crop and drop the last partial batch.
+    max_steps: training: crop videos longer than this to a random window and pad time to
+      exactly max_steps (static shape). Eval ignores it: whole videos, padded to the batch max.
+    min_kept_fraction: keep a cropped segment only if >= this fraction of it is in the window.
+    shuffle_buffer: record shuffle buffer (training); 0 disables shuffling of files and
+      records (training then reads files in sorted order, interleaved).
+    num_parallel_reads: files read in parallel (interleave cycle length).
+    skip_corrupt: skip (and count) damaged files instead of failing; see module doc.
+    max_segments: pad ground truth to this static count (error if a video has more), or
+      None for the batch max.
+    input_context: tf.distribute.InputContext: shard by input_pipeline_id and use the
+      per-replica batch size.
+    repeat: repeat forever; defaults to is_training.
+    seed: seed for file/record shuffling and cropping (deterministic given the seed).
+    corrupt_counter: tf.Variable int64 scalar incremented per skipped file (skip_corrupt);
+      created when None and exposed as `dataset.corrupt_counter`.
+  Returns:
+    tf.data.Dataset of dicts (InputFields keys): features {stream: [B, T, D]}, num_steps [B],
+    groundtruth_segments / _seconds [B, G, 2] (window coordinates), groundtruth_labels
+    [B, G] (0 = padding), num_groundtruth_segments [B], video_labels [B, C] (if
+    num_classes), video_id [B], duration [B], feature_fps [B], window_offset [B].
+  """
+  if not stream_dims:
+    raise ValueError("stream_dims must name at least one stream, e.g. {'rgb': 1024}")
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if max_steps is not None and int(max_steps) < 1:
+    raise ValueError(f"max_steps must be >= 1 or None, got {max_steps}")
+  if not 0.0 <= float(min_kept_fraction) <= 1.0:
+    raise ValueError(f"min_kept_fraction must be in [0, 1], got {min_kept_fraction}")
+  if max_segments is not None and int(max_segments) < 1:
+    raise ValueError(f"max_segments must be >= 1 or None, got {max_segments}")
+  if repeat is None:
+    repeat = is_training
+  files = list_files(file_pattern)
+  sizes = [tf.io.gfile.stat(f).length for f in files]
+  if skip_corrupt and corrupt_counter is None:
+    corrupt_counter = make_corrupt_counter()
+
+  per_replica_batch = int(batch_size)
+  dataset = tf.data.Dataset.from_tensor_slices(
+      (tf.constant(files, tf.string), tf.constant(sizes, tf.int64)))
+  shard_records = False
+  if input_context is not None:
+    per_replica_batch = input_context.get_per_replica_batch_size(int(batch_size))
+    if len(files) >= input_context.num_input_pipelines:
+      dataset = dataset.shard(input_context.num_input_pipelines,
+                              input_context.input_pipeline_id)
+    else:
+      # Fewer files than pipelines: every pipeline reads all files and keeps every n-th
+      # record instead, so no pipeline is left without data.
+      shard_records = True
+  shuffle = bool(is_training and shuffle_buffer and int(shuffle_buffer) > 0)
+  if shuffle:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    dataset = dataset.repeat()
+
+  # No more parallel readers than this pipeline has files: extra slots would only open the
+  # next epoch's copy of a file that is already being read.
+  files_here = len(files)
+  if input_context is not None and not shard_records:
+    files_here = -(-len(files) // input_context.num_input_pipelines)
+  cycle_length = max(1, min(int(num_parallel_reads), files_here))
+  dataset = dataset.interleave(
+      lambda f, n: _checked_records(f, n, skip_corrupt, corrupt_counter),
+      cycle_length=cycle_length, block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if shard_records:
+    dataset = dataset.shard(input_context.num_input_pipelines,
+                            input_context.input_pipeline_id)
+  if shuffle and int(shuffle_buffer) > 1:
+    dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+
+  crop = is_training and max_steps is not None
+
+  if crop:
+    # One independent stateless seed per record: crops are reproducible for a given `seed`
+    # even though decoding runs in parallel.
+    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
+  else:
+    dataset = dataset.map(lambda serialized: (serialized, tf.zeros([2], tf.int64)))
+
+  def decode(serialized, crop_seed):
+    decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes)
+    if crop:
+      decoded = temporal_crop.random_crop(decoded, max_steps, min_kept_fraction,
+                                          stateless_seed=crop_seed)
+    else:
+      decoded[InputFields.window_offset] = tf.constant(0, tf.int32)
+    if max_segments is not None:
+      count = decoded[InputFields.num_segments]
+      check = tf.debugging.Assert(
+          count <= max_segments,
+          ["video", decoded[InputFields.video_id], "has", count,
+           f"ground-truth segments, more than max_segments={max_segments}"])
+      with tf.control_dependencies([check]):
+        decoded[InputFields.num_segments] = tf.identity(count)
+    return decoded
+
+  dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=not shuffle or seed is not None)
+  time_dim = int(max_steps) if crop else None
+  padded_shapes = _pad_shapes(stream_dims, time_dim,
+                              int(max_segments) if max_segments is not None else None,
+                              num_classes)
+  dataset = dataset.padded_batch(per_replica_batch, padded_shapes=padded_shapes,
+                                 drop_remainder=bool(is_training))
+  dataset = dataset.prefetch(tf.data.AUTOTUNE)
+  if corrupt_counter is not None:
+    dataset.corrupt_counter = corrupt_counter
+  return dataset

@@ -1,0 +1,140 @@
+"""Annotation loading / cleaning and the untrusted feature readers, unit by unit."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tal_tf.dataset_tools import annotations as ann_lib
+from tal_tf.dataset_tools import feature_readers as fr
+from tal_tf.dataset_tools import quirks
+
+
+def _write_json(tmp_path, obj, name="a.json"):
+  path = os.path.join(str(tmp_path), name)
+  with open(path, "w") as f:
+    f.write(obj if isinstance(obj, str) else json.dumps(obj))
+  return path
+
+
+def test_load_database_structure_errors(tmp_path):
+  with pytest.raises(ann_lib.AnnotationError, match="not valid JSON"):
+    ann_lib.load_database(_write_json(tmp_path, "{not json"))
+  with pytest.raises(ann_lib.AnnotationError, match="'database'"):
+    ann_lib.load_database(_write_json(tmp_path, {"videos": {}}))
+  with pytest.raises(ann_lib.AnnotationError, match="annotations'\\] must be a list"):
+    ann_lib.load_database(_write_json(tmp_path, {"database": {"v": {"annotations": 3}}}))
+  with pytest.raises(ann_lib.AnnotationError, match="does not exist"):
+    ann_lib.load_database(os.path.join(str(tmp_path), "absent.json"))
+
+
+def test_select_videos_case_insensitive_and_lists():
+  db = {"b": {"subset": "Validation"}, "a": {"subset": "validation"},
+        "c": {"subset": "Test"}, "d": {"subset": "training"}}
+  assert ann_lib.select_videos(db, "validation") == ["a", "b"]
+  assert ann_lib.select_videos(db, "VALIDATION,test") == ["a", "b", "c"]
+  assert ann_lib.select_videos(db, None) == ["a", "b", "c", "d"]
+  with pytest.raises(ann_lib.AnnotationError, match="subsets present"):
+    ann_lib.select_videos(db, "testing")
+
+
+def test_clean_segments_rules_hand_worked():
+  report = quirks.QuirkReport()
+  entry = {"annotations": [
+      {"segment": [1, 2], "label": "A"},
+      {"segment": [8, 11], "label": "B"},          # clipped to [8, 10]
+      {"segment": [10, 12], "label": "A"},         # starts at the end: outside
+      {"segment": [3, 3], "label": "A"},           # zero length
+      {"segment": [4, 3.5], "label": "B"},         # inverted
+      {"segment": [1, 2], "label": "Ambiguous"},   # ignored
+      {"segment": [1, float("nan")], "label": "A"},  # malformed
+      {"segment": [1, 2, 3], "label": "A"},        # malformed
+      ["not", "a", "dict"],                        # malformed
+  ]}
+  segments, names = ann_lib.clean_segments("v", entry, 10.0, report, ["Ambiguous"])
+  np.testing.assert_array_equal(segments, [[1, 2], [8, 10]])
+  assert names == ["A", "B"]
+  assert dict(report.counts) == {"segment_clipped": 1, "segment_outside_video": 1,
+                                 "segment_degenerate": 2, "segment_ignored_class": 1,
+                                 "segment_malformed": 3}
+  assert "[8.0, 11.0] -> [8.0, 10.0]" in report.format()
+  with pytest.raises(KeyError, match="unknown quirk kind"):
+    report.add("nonsense", "v")
+
+
+def test_class_names_cover_all_subsets_minus_ignored():
+  db = {"x": {"subset": "a", "annotations": [{"label": "Zed"}, {"label": "Ambiguous"}]},
+        "y": {"subset": "b", "annotations": [{"label": "Alpha"}]}}
+  assert ann_lib.class_names(db, ["Ambiguous"]) == ["Alpha", "Zed"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("rgb", "expected NAME:DIM"), ("rgb:0", "DIM >= 1"), ("rgb:x", "NAME:DIM"),
+    ("rgb:4,rgb:5", "given twice"), ("", "no streams"),
+])
+def test_parse_stream_dims_errors(text, fragment):
+  with pytest.raises(ValueError, match=fragment):
+    fr.parse_stream_dims(text)
+
+
+def test_parse_stream_dims_and_paths():
+  assert list(fr.parse_stream_dims("rgb:1024, flow:512").items()) == [("rgb", 1024),
+                                                                       ("flow", 512)]
+  assert fr.parse_stream_paths("rgb:/a:b/c,flow:d") == {"rgb": "/a:b/c", "flow": "d"}
+  with pytest.raises(ValueError, match="NAME:DIR"):
+    fr.parse_stream_paths("rgbdir", "dir")
+
+
+@pytest.mark.parametrize("array, kind", [
+    (np.zeros((0, 3), np.float32), "features_empty"),
+    (np.zeros((4, 2), np.float32), "features_wrong_dim"),
+    (np.zeros((4, 3, 1), np.float32), "features_wrong_dim"),
+    (np.array([["a", "b", "c"]]), "features_malformed"),
+    (np.array([[1, 2, np.inf]]), "features_non_finite"),
+    (np.array([[1e300, 0, 0]]), "features_non_finite"),  # overflows float32
+    (np.zeros((1, 3), dtype=[("x", "f4")] * 1).view(np.recarray), "features_malformed"),
+])
+def test_check_features_kinds(array, kind):
+  with pytest.raises(fr.FeatureError) as err:
+    fr.check_features(array, 3, "here")
+  assert err.value.kind == kind and "here" in err.value.message
+
+
+def test_check_features_casts_numeric_to_float32():
+  out = fr.check_features(np.arange(6, dtype=np.int16).reshape(2, 3), 3, "x")
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, [[0, 1, 2], [3, 4, 5]])
+
+
+def test_load_npy_refuses_pickles_and_archives(tmp_path):
+  obj = os.path.join(str(tmp_path), "obj.npy")
+  np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(fr.FeatureError) as err:
+    fr.load_npy(obj)
+  assert err.value.kind == "features_malformed" and "without pickle" in err.value.message
+  npz = os.path.join(str(tmp_path), "arch.npy")
+  with open(npz, "wb") as f:
+    np.savez(f, a=np.zeros(3))
+  with pytest.raises(fr.FeatureError, match="not a single .npy array"):
+    fr.load_npy(npz)
+  with pytest.raises(fr.FeatureError) as err:
+    fr.load_npy(os.path.join(str(tmp_path), "absent.npy"))
+  assert err.value.kind == "features_missing"
+
+
+def test_npy_dir_dim_inference_uses_most_common_dim(tmp_path):
+  d = os.path.join(str(tmp_path), "rgb")
+  os.makedirs(d)
+  for i, dim in enumerate([5, 5, 7]):
+    np.save(os.path.join(d, f"v{i}.npy"), np.ones((3, dim), np.float32))
+  source = fr.NpyDirSource({"rgb": d})
+  assert source.prepare(["v0", "v1", "v2", "absent"]) == {"rgb": 5}
+  assert source.read("v0")["rgb"].shape == (3, 5)
+  with pytest.raises(fr.FeatureError) as err:
+    source.read("v2")
+  assert err.value.kind == "features_wrong_dim"
+  with pytest.raises(ValueError, match="cannot infer"):
+    fr.NpyDirSource({"rgb": d}).prepare(["absent"])
+  with pytest.raises(ValueError, match="does not exist"):
+    fr.NpyDirSource({"rgb": os.path.join(d, "nope")})
