@@ -41,8 +41,13 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     return 2
-  run_lib.run(config, FLAGS.model_dir, FLAGS.mode, num_train_steps=FLAGS.num_train_steps,
-              checkpoint=FLAGS.checkpoint)
+  metrics = run_lib.run(config, FLAGS.model_dir, FLAGS.mode,
+                        num_train_steps=FLAGS.num_train_steps, checkpoint=FLAGS.checkpoint)
+  if metrics:
+    from tal_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+    print(evaluator.format_table(metrics))
+    print(f"metrics: {FLAGS.model_dir}/metrics.json; TensorBoard: tensorboard "
+          f"--logdir={FLAGS.model_dir} --host=127.0.0.1")
   return 0
 
 

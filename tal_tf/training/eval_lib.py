@@ -161,5 +161,8 @@ def evaluate_model(model, config, step, output_dir, num_classes):
       tf.summary.image(name, image[np.newaxis], max_outputs=1)
   writer.flush()
   writer.close()
-  logging.info("evaluation at step %d:\n%s", step, evaluator_lib.format_table(metrics))
+  scalars = evaluator_lib.scalar_metrics(metrics)
+  logging.info("evaluation at step %d: average mAP %.4f, %s", step,
+               scalars.get("average_mAP", float("nan")),
+               ", ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith("AR@")))
   return metrics, collector

@@ -128,6 +128,42 @@ def test_train_and_eval_writes_checkpoints_summaries_metrics(data, tmp_path):
                              metrics["detection"]["average_mAP"])
   assert len(metrics["detection"]["mAP"]) == 3
   assert os.path.exists(os.path.join(model_dir, "eval", "detections_step_6.json"))
+  _check_tensorboard_serves(model_dir)
+
+
+def _check_tensorboard_serves(model_dir):
+  """Serves the logs with TensorBoard on 127.0.0.1 and reads the scalar and image tags."""
+  import socket
+  import urllib.request
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  board = subprocess.Popen(
+      [sys.executable, "-m", "tensorboard.main", f"--logdir={model_dir}", "--host=127.0.0.1",
+       f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 90
+    while True:
+      try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=5) as r:
+          scalars = json.load(r)
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/data/plugin/images/tags", timeout=5) as r:
+          images = json.load(r)
+        if "eval" in scalars and "train" in scalars and "eval" in images:
+          break
+      except OSError:
+        pass
+      assert time.time() < deadline, "TensorBoard did not serve the logs within 90 s"
+      time.sleep(0.5)
+  finally:
+    board.kill()
+    board.wait()
+  assert "losses/total_loss" in scalars["train"] and "learning_rate" in scalars["train"]
+  assert "average_mAP" in scalars["eval"] and "AR@10" in scalars["eval"]
+  assert {"per_class_ap", "recall_vs_num_proposals", "detection_timelines"} <= set(
+      images["eval"])
 
 
 def test_resume_continues_from_checkpoint_with_input_position(data, tmp_path):
