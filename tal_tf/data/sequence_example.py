@@ -123,21 +123,8 @@ def make_sequence_example(video_id, duration, feature_fps, features, segments_se
   return example
 
 
-def parse_sequence_example(serialized, stream_dims, num_classes=None):
-  """Decodes one serialized SequenceExample (scalar string tensor) into tensors.
-
-  Core TF ops only (used by the exported `tf_example` serving signature).
-  Args:
-    serialized: scalar tf.string.
-    stream_dims: dict stream name -> feature dim D (the streams to read).
-    num_classes: if given, adds multi-hot `video_labels` [num_classes] (id k -> column k-1).
-  Returns:
-    dict keyed by InputFields: features {stream: [T, D] float32}, num_steps int32 [],
-    groundtruth_segments [G, 2] float32 in feature steps (seconds * feature_fps),
-    groundtruth_segments_seconds [G, 2], groundtruth_labels [G] int32,
-    num_groundtruth_segments int32 [], duration, feature_fps float32 [], video_id string [],
-    video_labels [num_classes] float32 (when num_classes is given).
-  """
+def _parse_specs(stream_dims):
+  """(context, sequence) feature specs of the record for the given streams."""
   if not stream_dims:
     raise ValueError("stream_dims must name at least one stream, e.g. {'rgb': 1024}")
   context_spec = {
@@ -154,6 +141,25 @@ def parse_sequence_example(serialized, stream_dims, num_classes=None):
       SEF.feature_key(stream): tf.io.FixedLenSequenceFeature([int(dim)], tf.float32)
       for stream, dim in stream_dims.items()
   }
+  return context_spec, sequence_spec
+
+
+def parse_sequence_example(serialized, stream_dims, num_classes=None):
+  """Decodes one serialized SequenceExample (scalar string tensor) into tensors.
+
+  Core TF ops only (used by the exported `tf_example` serving signature).
+  Args:
+    serialized: scalar tf.string.
+    stream_dims: dict stream name -> feature dim D (the streams to read).
+    num_classes: if given, adds multi-hot `video_labels` [num_classes] (id k -> column k-1).
+  Returns:
+    dict keyed by InputFields: features {stream: [T, D] float32}, num_steps int32 [],
+    groundtruth_segments [G, 2] float32 in feature steps (seconds * feature_fps),
+    groundtruth_segments_seconds [G, 2], groundtruth_labels [G] int32,
+    num_groundtruth_segments int32 [], duration, feature_fps float32 [], video_id string [],
+    video_labels [num_classes] float32 (when num_classes is given).
+  """
+  context_spec, sequence_spec = _parse_specs(stream_dims)
   with tf.name_scope("parse_sequence_example"):
     context, sequences = tf.io.parse_single_sequence_example(
         serialized, context_features=context_spec, sequence_features=sequence_spec)
@@ -216,22 +222,7 @@ def parse_sequence_example_batch(serialized, stream_dims, num_classes=None):
   (0 = padding), num_groundtruth_segments [B], video_id / duration / feature_fps [B],
   window_offset [B] (zeros), video_labels [B, num_classes] when num_classes is given.
   """
-  if not stream_dims:
-    raise ValueError("stream_dims must name at least one stream, e.g. {'rgb': 1024}")
-  context_spec = {
-      SEF.video_id: tf.io.FixedLenFeature([], tf.string),
-      SEF.duration: tf.io.FixedLenFeature([], tf.float32),
-      SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32),
-      SEF.num_steps: tf.io.FixedLenFeature([], tf.int64),
-      SEF.segment_start: tf.io.VarLenFeature(tf.float32),
-      SEF.segment_end: tf.io.VarLenFeature(tf.float32),
-      SEF.segment_label: tf.io.VarLenFeature(tf.int64),
-      SEF.video_labels: tf.io.VarLenFeature(tf.int64),
-  }
-  sequence_spec = {
-      SEF.feature_key(stream): tf.io.FixedLenSequenceFeature([int(dim)], tf.float32)
-      for stream, dim in stream_dims.items()
-  }
+  context_spec, sequence_spec = _parse_specs(stream_dims)
   with tf.name_scope("parse_sequence_example_batch"):
     serialized = tf.reshape(serialized, [-1])
     batch = tf.shape(serialized)[0]
