@@ -32,7 +32,11 @@ def build_strategy(name):
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
-    return tf.distribute.MirroredStrategy()
+    # All GPUs if there are any, else every logical CPU device (one replica each).
+    if tf.config.list_logical_devices("GPU"):
+      return tf.distribute.MirroredStrategy()
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(cpus)
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy("/cpu:0")
   raise ValueError(f"train_config.distribution_strategy: unknown {name!r}; expected "
@@ -119,7 +123,15 @@ class Trainer:
     if self._manager is None:
       items = dict(model=self.model, optimizer=self.optimizer)
       if with_input and self.config.train_config.checkpoint_input_position:
-        items["train_iterator"] = self.train_iterator()
+        iterator = self.train_iterator()
+        if isinstance(iterator, tf.__internal__.tracking.Trackable):
+          items["train_iterator"] = iterator
+        else:
+          # Multi-replica distributed iterators cannot be saved in TF 2.17: a resumed run
+          # keeps model and optimizer state but restarts the data order.
+          logging.warning("the input position is not checkpointed under %s (%d replicas); a "
+                          "resumed run restarts the data order",
+                          type(self.strategy).__name__, self.strategy.num_replicas_in_sync)
       self._checkpoint = tf.train.Checkpoint(**items)
       self._manager = tf.train.CheckpointManager(
           self._checkpoint, self.model_dir,
