@@ -1,0 +1,527 @@
+"""Exports a trained detector as a TensorFlow Serving SavedModel.
+
+Layout written under `output_directory` (a TF Serving model base path)::
+
+  <output_directory>/<version>/saved_model.pb      graph + signatures (core TF ops only)
+  <output_directory>/<version>/variables/          weights
+  <output_directory>/<version>/pipeline.config     the config the model was built from
+  <output_directory>/<version>/label_map.pbtxt     class names (when a label map is known)
+  <output_directory>/<version>/checkpoint/ckpt-1   model-only checkpoint of the same weights
+
+TF Serving reads only `saved_model.pb`, `variables/` and `assets/` of a version directory and
+ignores the other files. A version is written into a hidden temporary directory first and
+renamed into place, so a server polling the base path never sees half a model.
+
+Signatures (input and output names are the constants below):
+
+  serving_default: <stream> float32 [B, T, D_stream] per stream, num_steps int32 [B],
+      feature_fps float32 [B]  ->  detection_segments [B, N, 2] (seconds),
+      detection_scores [B, N], detection_classes int32 [B, N] (label-map ids, 0 = padding),
+      num_detections int32 [B], proposal_segments [B, P, 2] (seconds), proposal_scores [B, P],
+      num_proposals int32 [B].
+  tf_example: examples string [B] (serialized SequenceExamples) -> the same outputs plus
+      video_id string [B]; num_steps and feature_fps are read from each record.
+
+Every input is checked inside the graph (rank, feature dims, consistent batch and length,
+0 <= num_steps <= T, finite positive feature_fps, finite features on valid steps); a bad
+request fails with an InvalidArgument error naming the input, never a crash. T = 0 and
+B = 0 give empty results.
+"""
+
+import collections
+import os
+import shutil
+import tempfile
+
+from absl import logging
+import tensorflow as tf
+from google.protobuf import text_format
+
+from tal_tf.builders import model_builder
+from tal_tf.core.standard_fields import DetectionFields
+from tal_tf.core.standard_fields import SequenceExampleFields as SEF
+from tal_tf.utils import config_util
+
+SERVING_SIGNATURE = "serving_default"
+TF_EXAMPLE_SIGNATURE = "tf_example"
+NUM_STEPS_INPUT = "num_steps"
+FEATURE_FPS_INPUT = "feature_fps"
+EXAMPLES_INPUT = "examples"
+VIDEO_ID_OUTPUT = "video_id"
+RESERVED_INPUT_NAMES = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, EXAMPLES_INPUT)
+
+DETECTION_OUTPUTS = (
+    DetectionFields.detection_segments,
+    DetectionFields.detection_scores,
+    DetectionFields.detection_classes,
+    DetectionFields.num_detections,
+    DetectionFields.proposal_segments,
+    DetectionFields.proposal_scores,
+    DetectionFields.num_proposals,
+)
+
+PIPELINE_CONFIG_NAME = config_util.PIPELINE_CONFIG_NAME
+LABEL_MAP_NAME = "label_map.pbtxt"
+CHECKPOINT_DIR_NAME = "checkpoint"
+SAVED_MODEL_FILE = "saved_model.pb"
+
+# Ops that call back into the Python interpreter: TF Serving has none.
+PYTHON_OPS = frozenset(["PyFunc", "PyFuncStateless", "EagerPyFunc"])
+
+
+class ExportError(ValueError):
+  """The export cannot proceed (bad flags, checkpoint, config or output directory)."""
+
+
+# --------------------------------------------------------------------------- the module
+class DetectionModule(tf.Module):
+  """A TemporalDetectionModel wrapped with validated serving functions (tf.Module to save)."""
+
+  def __init__(self, model, stream_dims, max_detections=None):
+    """Args: model (TemporalDetectionModel); stream_dims {stream: D} for model.stream_names;
+    max_detections: detections per video in the outputs (None = the model's own)."""
+    super().__init__(name="tal_detection_module")
+    self.model = model
+    missing = [s for s in model.stream_names if s not in stream_dims]
+    if missing:
+      raise ExportError(f"stream dims missing for model streams {missing}; got "
+                        f"{dict(stream_dims)} (declare them in the input reader's streams)")
+    clash = [s for s in model.stream_names if s in RESERVED_INPUT_NAMES]
+    if clash:
+      raise ExportError(f"stream names {clash} collide with the signature inputs "
+                        f"{list(RESERVED_INPUT_NAMES)}; rename the streams")
+    self._stream_dims = collections.OrderedDict(
+        (s, int(stream_dims[s])) for s in model.stream_names)
+    if max_detections is not None and int(max_detections) < 1:
+      raise ExportError(f"max_detections must be >= 1, got {max_detections}")
+    self._max_detections = None if max_detections is None else int(max_detections)
+    self._serving_fn = None
+    self._tf_example_fn = None
+
+  @property
+  def stream_dims(self):
+    """{stream: feature dim} in model order."""
+    return collections.OrderedDict(self._stream_dims)
+
+  @property
+  def max_detections(self):
+    """Detections per video in the outputs (N)."""
+    if self._max_detections is not None:
+      return self._max_detections
+    return int(getattr(self.model, "max_detections", 100))
+
+  # ------------------------------------------------------------------ input checks
+  def _check_inputs(self, features, num_steps, feature_fps):
+    """In-graph validation; returns (features, num_steps, feature_fps) gated on the checks.
+
+    Shapes are read with raw `Shape` ops (not Python-side static shapes) so the checks stay
+    in the graph even where the signature declares a static feature dim: a C++ client can
+    feed any shape and must get a clear error rather than one from deep inside the model.
+    """
+    streams = list(self._stream_dims)
+    first = streams[0]
+    shapes = {s: tf.raw_ops.Shape(input=features[s], out_type=tf.int32) for s in streams}
+    rank_checks = []
+    for s in streams:
+      rank = tf.raw_ops.Size(input=shapes[s], out_type=tf.int32)
+      rank_checks.append(tf.debugging.Assert(
+          tf.equal(rank, 3),
+          [f"input {s} must be float32 [batch, T, {self._stream_dims[s]}]; got shape",
+           shapes[s]], name=f"check_rank_{s}"))
+    ns_shape = tf.raw_ops.Shape(input=num_steps, out_type=tf.int32)
+    fps_shape = tf.raw_ops.Shape(input=feature_fps, out_type=tf.int32)
+    rank_checks.append(tf.debugging.Assert(
+        tf.equal(tf.raw_ops.Size(input=ns_shape, out_type=tf.int32), 1),
+        [f"input {NUM_STEPS_INPUT} must be int32 [batch]; got shape", ns_shape],
+        name="check_rank_num_steps"))
+    rank_checks.append(tf.debugging.Assert(
+        tf.equal(tf.raw_ops.Size(input=fps_shape, out_type=tf.int32), 1),
+        [f"input {FEATURE_FPS_INPUT} must be float32 [batch]; got shape", fps_shape],
+        name="check_rank_feature_fps"))
+
+    with tf.control_dependencies(rank_checks):
+      batch = shapes[first][0]
+      padded = shapes[first][1]
+      dim_checks = []
+      for s in streams:
+        dim_checks.append(tf.debugging.Assert(
+            tf.equal(shapes[s][2], self._stream_dims[s]),
+            [f"input {s} must have feature dim {self._stream_dims[s]} ([batch, T, "
+             f"{self._stream_dims[s]}]); got shape", shapes[s]], name=f"check_dim_{s}"))
+        if s != first:
+          dim_checks.append(tf.debugging.Assert(
+              tf.reduce_all(tf.equal(shapes[s][:2], shapes[first][:2])),
+              [f"inputs {s} and {first} must have the same batch and T; got shapes",
+               shapes[s], shapes[first]], name=f"check_same_bt_{s}"))
+      dim_checks.append(tf.debugging.Assert(
+          tf.equal(ns_shape[0], batch),
+          [f"input {NUM_STEPS_INPUT} must have one entry per video ([batch]); got shape",
+           ns_shape, f"while {first} has shape", shapes[first]],
+          name="check_batch_num_steps"))
+      dim_checks.append(tf.debugging.Assert(
+          tf.equal(fps_shape[0], batch),
+          [f"input {FEATURE_FPS_INPUT} must have one entry per video ([batch]); got "
+           "shape", fps_shape, f"while {first} has shape", shapes[first]],
+          name="check_batch_feature_fps"))
+
+    with tf.control_dependencies(dim_checks):
+      num_steps = tf.identity(num_steps)
+      feature_fps = tf.identity(feature_fps)
+      value_checks = [
+          tf.debugging.Assert(
+              tf.reduce_all((num_steps >= 0) & (num_steps <= padded)),
+              [f"input {NUM_STEPS_INPUT} must lie in [0, T]; got", num_steps, "with T =",
+               padded], name="check_num_steps_range"),
+          tf.debugging.Assert(
+              tf.reduce_all(tf.math.is_finite(feature_fps) & (feature_fps > 0.0)),
+              [f"input {FEATURE_FPS_INPUT} must be finite and > 0 (feature steps per "
+               "second); got", feature_fps], name="check_feature_fps"),
+      ]
+    with tf.control_dependencies(value_checks):
+      valid = tf.sequence_mask(num_steps, padded)[:, :, tf.newaxis]
+      finite_checks = []
+      for s in streams:
+        # Padding beyond num_steps is never read by the model, so only valid steps count.
+        finite = tf.math.is_finite(features[s]) | tf.logical_not(valid)
+        finite_checks.append(tf.debugging.Assert(
+            tf.reduce_all(finite),
+            [f"input {s} holds NaN or Inf within the first num_steps steps of videos",
+             tf.where(tf.logical_not(tf.reduce_all(finite, axis=[1, 2])))[:, 0]],
+            name=f"check_finite_{s}"))
+    with tf.control_dependencies(finite_checks):
+      features = {s: tf.identity(features[s]) for s in streams}
+      num_steps = tf.identity(num_steps)
+      feature_fps = tf.identity(feature_fps)
+    return features, num_steps, feature_fps
+
+  # ------------------------------------------------------------------ detection
+  def detect(self, features, num_steps, feature_fps):
+    """Validated batch detection: features {stream: [B, T, D]}, num_steps [B], fps [B] ->
+    dict of DETECTION_OUTPUTS (segments in seconds, N = max_detections)."""
+    features = {s: tf.convert_to_tensor(features[s], tf.float32) for s in self._stream_dims}
+    num_steps = tf.cast(num_steps, tf.int32)
+    feature_fps = tf.cast(feature_fps, tf.float32)
+    features, num_steps, feature_fps = self._check_inputs(features, num_steps, feature_fps)
+
+    first = next(iter(self._stream_dims))
+    batch = tf.shape(features[first])[0]
+    padded = tf.shape(features[first])[1]
+    # The network needs at least one step and one video; an empty request is padded with one
+    # all-padding video / step (num_steps 0 -> no anchors, no detections) and the padding
+    # is sliced off again, so T = 0 and B = 0 give empty results instead of errors.
+    extra_b = tf.maximum(1 - batch, 0)
+    extra_t = tf.maximum(1 - padded, 0)
+    run_features = {
+        s: tf.pad(x, [[0, extra_b], [0, extra_t], [0, 0]]) for s, x in features.items()}
+    run_steps = tf.pad(num_steps, [[0, extra_b]])
+    run_fps = tf.pad(feature_fps, [[0, extra_b]], constant_values=1.0)
+
+    predictions = self.model.predict(run_features, run_steps, training=False)
+    dets = self.model.postprocess(predictions, run_steps, run_fps)
+    out = {key: dets[key][:batch] for key in DETECTION_OUTPUTS}
+    return self._resize_detections(out)
+
+  def _resize_detections(self, out):
+    """Slices (or zero-pads) the detection axis to max_detections (static size N)."""
+    n = self.max_detections
+    have = out[DetectionFields.detection_scores].shape[1]
+    if have is None:
+      raise ExportError("the model's detection count must be static for export")
+    result = dict(out)
+    for key in (DetectionFields.detection_segments, DetectionFields.detection_scores,
+                DetectionFields.detection_classes):
+      value = out[key]
+      if have >= n:
+        # Detections are sorted by score, so the first n are the top n.
+        value = value[:, :n]
+      else:
+        paddings = [[0, 0], [0, n - have]] + [[0, 0]] * (value.shape.rank - 2)
+        value = tf.pad(value, paddings)
+      result[key] = tf.ensure_shape(value, [None, n] + value.shape[2:].as_list())
+    result[DetectionFields.num_detections] = tf.minimum(
+        out[DetectionFields.num_detections], n)
+    return result
+
+  # ------------------------------------------------------------------ signatures
+  def feature_input_signature(self):
+    """{input name: TensorSpec} of serving_default."""
+    spec = collections.OrderedDict(
+        (s, tf.TensorSpec([None, None, d], tf.float32, name=s))
+        for s, d in self._stream_dims.items())
+    spec[NUM_STEPS_INPUT] = tf.TensorSpec([None], tf.int32, name=NUM_STEPS_INPUT)
+    spec[FEATURE_FPS_INPUT] = tf.TensorSpec([None], tf.float32, name=FEATURE_FPS_INPUT)
+    return spec
+
+  def serving_function(self):
+    """tf.function(inputs dict) -> outputs dict: the serving_default signature."""
+    if self._serving_fn is None:
+      def serve(inputs):
+        """{stream: [B,T,D], num_steps: [B], feature_fps: [B]} -> detections dict."""
+        features = {s: inputs[s] for s in self._stream_dims}
+        return self.detect(features, inputs[NUM_STEPS_INPUT], inputs[FEATURE_FPS_INPUT])
+      self._serving_fn = tf.function(serve, input_signature=[self.feature_input_signature()])
+    return self._serving_fn
+
+  def decode_examples(self, examples):
+    """Serialized SequenceExamples [B] -> (features {s: [B, T, D]}, num_steps, fps, ids)."""
+    context_spec = {
+        SEF.video_id: tf.io.FixedLenFeature([], tf.string),
+        SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32),
+        SEF.num_steps: tf.io.FixedLenFeature([], tf.int64),
+    }
+    sequence_spec = {SEF.feature_key(s): tf.io.FixedLenSequenceFeature([d], tf.float32)
+                     for s, d in self._stream_dims.items()}
+    # The batched parser pads every feature list to the longest in the batch and reports
+    # each list's length, which is exactly the padded layout `detect` takes.
+    context, sequences, lengths = tf.io.parse_sequence_example(
+        examples, context_features=context_spec, sequence_features=sequence_spec)
+    num_steps = tf.cast(context[SEF.num_steps], tf.int32)
+    checks = []
+    for s in self._stream_dims:
+      key = SEF.feature_key(s)
+      checks.append(tf.debugging.Assert(
+          tf.reduce_all(tf.equal(tf.cast(lengths[key], tf.int32), num_steps)),
+          [f"record feature list {key} length differs from {SEF.num_steps} for records",
+           tf.where(tf.not_equal(tf.cast(lengths[key], tf.int32), num_steps))[:, 0]],
+          name=f"check_record_length_{s}"))
+    with tf.control_dependencies(checks):
+      num_steps = tf.identity(num_steps)
+    features = {s: sequences[SEF.feature_key(s)] for s in self._stream_dims}
+    return features, num_steps, context[SEF.feature_fps], context[SEF.video_id]
+
+  def tf_example_function(self):
+    """tf.function({'examples': string [B]}) -> outputs dict + video_id: the tf_example
+    signature."""
+    if self._tf_example_fn is None:
+      def serve_examples(inputs):
+        """{examples: string [B]} -> detections dict + video_id [B]."""
+        features, num_steps, fps, video_ids = self.decode_examples(inputs[EXAMPLES_INPUT])
+        out = self.detect(features, num_steps, fps)
+        out[VIDEO_ID_OUTPUT] = video_ids
+        return out
+      self._tf_example_fn = tf.function(serve_examples, input_signature=[{
+          EXAMPLES_INPUT: tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)}])
+    return self._tf_example_fn
+
+  def signatures(self):
+    """{signature name: ConcreteFunction} to pass to tf.saved_model.save."""
+    return {
+        SERVING_SIGNATURE: self.serving_function().get_concrete_function(),
+        TF_EXAMPLE_SIGNATURE: self.tf_example_function().get_concrete_function(),
+    }
+
+
+# --------------------------------------------------------------------------- building
+def stream_dims_from_config(config):
+  """{stream: dim} of the model's streams, from the eval (else train) input reader."""
+  arch = config.model.WhichOneof("model")
+  streams = list(getattr(config.model, arch).streams) if arch else []
+  for reader_name in ("eval_input_reader", "train_input_reader"):
+    if config.HasField(reader_name):
+      dims = config_util.stream_dims(getattr(config, reader_name))
+      missing = [s for s in streams if s not in dims]
+      if missing:
+        raise ExportError(f"pipeline config: {reader_name}.streams lacks dims for model "
+                          f"streams {missing} (declared: {dict(dims)})")
+      return collections.OrderedDict((s, dims[s]) for s in streams)
+  raise ExportError("pipeline config: neither eval_input_reader nor train_input_reader "
+                    "declares the feature streams { name dim } needed for the signature")
+
+
+def max_detections_from_config(config):
+  """export_config.max_detections if set, else None (the model's own count)."""
+  if config.HasField("export_config") and config.export_config.HasField("max_detections"):
+    return int(config.export_config.max_detections)
+  return None
+
+
+def resolve_checkpoint(path):
+  """Checkpoint prefix from a directory (its latest checkpoint) or a prefix; raises
+  ExportError naming the path when there is none."""
+  if not path:
+    raise ExportError("a checkpoint directory or prefix is required")
+  if tf.io.gfile.isdir(path):
+    prefix = tf.train.latest_checkpoint(path)
+    if prefix is None:
+      raise ExportError(f"no checkpoint in directory {path!r} (expected a 'checkpoint' state "
+                        "file and ckpt-N.index / ckpt-N.data-* written by training)")
+    return prefix
+  if tf.io.gfile.exists(path + ".index"):
+    return path
+  raise ExportError(f"checkpoint {path!r} not found: give a model_dir or a prefix such as "
+                    "model_dir/ckpt-1000 (with a .index file)")
+
+
+def _build_variables(model, stream_dims):
+  """Creates the model's variables with one tiny forward pass (Keras builds lazily)."""
+  features = {s: tf.zeros([1, 2, d]) for s, d in stream_dims.items()}
+  model.predict(features, tf.constant([2], tf.int32), training=False)
+
+
+def restore_model(model, stream_dims, checkpoint_path):
+  """Builds `model`'s variables and restores them from a checkpoint prefix or directory;
+  raises ExportError if any model variable is absent from the checkpoint."""
+  checkpoint_path = resolve_checkpoint(checkpoint_path)
+  _build_variables(model, stream_dims)
+  try:
+    status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
+    status.expect_partial()  # The optimizer and input position are not needed for serving.
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.OpError) as e:
+    # Missing variables (AssertionError) or variables of another shape (ValueError).
+    raise ExportError(f"checkpoint {checkpoint_path!r} does not match the model built from the "
+                      f"pipeline config (wrong config or checkpoint?): {e}") from None
+  return model
+
+
+def build_detection_module(config, checkpoint_path=None, max_detections=None):
+  """Pipeline config (+ checkpoint prefix or dir) -> DetectionModule with restored weights.
+
+  Without a checkpoint the weights stay at their (seeded) initial values, which tests use.
+  """
+  model = model_builder.build(config.model)
+  dims = stream_dims_from_config(config)
+  if checkpoint_path is not None:
+    restore_model(model, dims, checkpoint_path)
+  else:
+    _build_variables(model, dims)
+  if max_detections is None:
+    max_detections = max_detections_from_config(config)
+  return DetectionModule(model, dims, max_detections=max_detections)
+
+
+# --------------------------------------------------------------------------- op checks
+def saved_model_op_types(export_dir):
+  """Sorted op types used by a SavedModel: every graph node and every node of every
+  function in its library (function-call nodes resolved to the functions they call)."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  path = os.path.join(export_dir, SAVED_MODEL_FILE)
+  saved_model = saved_model_pb2.SavedModel()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    saved_model.ParseFromString(f.read())
+  ops = set()
+  for meta_graph in saved_model.meta_graphs:
+    graph = meta_graph.graph_def
+    functions = {fn.signature.name for fn in graph.library.function}
+    nodes = list(graph.node)
+    for fn in graph.library.function:
+      nodes.extend(fn.node_def)
+    # A node whose op is a library function is a direct call; its body is walked above.
+    ops.update(n.op for n in nodes if n.op not in functions)
+  return sorted(ops)
+
+
+def non_core_ops(op_types):
+  """Op types that TF Serving's C++ runtime cannot run: Python callbacks and ops that are
+  not part of core TensorFlow (e.g. registered by tensorflow-io or another plugin)."""
+  # `tf.raw_ops` is generated from core TensorFlow's op registry when TensorFlow is built,
+  # so plugin ops loaded later into this process never appear there.
+  return sorted(op for op in op_types
+                if op in PYTHON_OPS or not hasattr(tf.raw_ops, op))
+
+
+def check_core_ops(export_dir):
+  """Raises ExportError if the SavedModel uses any non-core op; returns the op types."""
+  ops = saved_model_op_types(export_dir)
+  bad = non_core_ops(ops)
+  if bad:
+    raise ExportError(f"SavedModel {export_dir!r} uses ops TF Serving cannot run: {bad}")
+  return ops
+
+
+# --------------------------------------------------------------------------- versions
+def existing_versions(base_dir):
+  """Sorted integer versions (all-digit subdirectories) under a model base directory."""
+  if not os.path.isdir(base_dir):
+    return []
+  return sorted(int(name) for name in os.listdir(base_dir)
+                if name.isdigit() and os.path.isdir(os.path.join(base_dir, name)))
+
+
+def choose_version(base_dir, model_version=None, overwrite=False):
+  """Version to write: `model_version` (refused if it exists unless `overwrite`), or one
+  more than the newest existing version (1 for a new base directory)."""
+  versions = existing_versions(base_dir)
+  if model_version is None:
+    return (versions[-1] + 1) if versions else 1
+  if isinstance(model_version, bool) or int(model_version) < 1:
+    raise ExportError(f"model_version must be an integer >= 1 (TF Serving versions are "
+                      f"positive integers), got {model_version!r}")
+  model_version = int(model_version)
+  if model_version in versions and not overwrite:
+    raise ExportError(f"version {model_version} already exists in {base_dir!r}; pass "
+                      f"--overwrite to replace it or choose another --model_version "
+                      f"(existing: {versions})")
+  return model_version
+
+
+def _label_map_source(config, label_map_path):
+  if label_map_path:
+    if not os.path.isfile(label_map_path):
+      raise ExportError(f"label map {label_map_path!r} does not exist")
+    return label_map_path
+  for reader_name in ("eval_input_reader", "train_input_reader"):
+    if config.HasField(reader_name):
+      path = getattr(config, reader_name).label_map_path
+      if path:
+        if os.path.isfile(path):
+          return path
+        logging.warning("label map %s named in %s.label_map_path not found; the export "
+                        "will carry no class names", path, reader_name)
+  return None
+
+
+def export_saved_model(config, trained_checkpoint, output_directory, model_version=None,
+                       overwrite=False, max_detections=None, label_map_path=None):
+  """Exports a TF Serving version directory; returns its path.
+
+  Args:
+    config: TrainEvalPipelineConfig (already loaded and overridden).
+    trained_checkpoint: training model_dir (latest checkpoint) or a checkpoint prefix.
+    output_directory: TF Serving model base path; the version goes to <it>/<version>.
+    model_version: integer version; default one more than the newest existing.
+    overwrite: replace an existing `model_version`.
+    max_detections: detections per video (default export_config.max_detections).
+    label_map_path: label map copied beside the model (default the input readers').
+  """
+  checkpoint = resolve_checkpoint(trained_checkpoint)
+  os.makedirs(output_directory, exist_ok=True)
+  version = choose_version(output_directory, model_version, overwrite)
+  label_map = _label_map_source(config, label_map_path)
+  module = build_detection_module(config, checkpoint, max_detections=max_detections)
+
+  final_dir = os.path.join(output_directory, str(version))
+  # A name TF Serving ignores (not all digits) while the version is incomplete.
+  staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_directory)
+  try:
+    tf.saved_model.save(module, staging, signatures=module.signatures())
+    check_core_ops(staging)
+    saved_config = type(config)()
+    saved_config.CopyFrom(config)
+    if label_map:
+      shutil.copyfile(label_map, os.path.join(staging, LABEL_MAP_NAME))
+      # Point the saved config at the copy so the directory is self-contained.
+      for reader_name in ("eval_input_reader", "train_input_reader"):
+        if saved_config.HasField(reader_name):
+          getattr(saved_config, reader_name).label_map_path = LABEL_MAP_NAME
+    if max_detections is not None:
+      saved_config.export_config.max_detections = int(max_detections)
+    with open(os.path.join(staging, PIPELINE_CONFIG_NAME), "w", encoding="utf-8") as f:
+      f.write(text_format.MessageToString(saved_config))
+    tf.train.Checkpoint(model=module.model).save(
+        os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
+    os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
+    if os.path.isdir(final_dir):
+      # Move the old version aside first so the new one appears in one rename.
+      trash = tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=output_directory)
+      os.rename(final_dir, os.path.join(trash, "old"))
+      os.rename(staging, final_dir)
+      shutil.rmtree(trash, ignore_errors=True)
+    else:
+      os.rename(staging, final_dir)
+  finally:
+    if os.path.isdir(staging):
+      shutil.rmtree(staging, ignore_errors=True)
+  logging.info("exported version %d of %s to %s (from %s)", version, ",".join(
+      module.stream_dims), final_dir, checkpoint)
+  return final_dir

@@ -1,0 +1,1 @@
+"""Offline inference: SavedModel or checkpoint + feature files -> results JSON."""

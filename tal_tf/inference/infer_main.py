@@ -1,0 +1,182 @@
+r"""Detects actions in feature files and writes a results JSON (ActivityNet format).
+
+From an exported SavedModel (a version directory or a TF Serving base path, newest version):
+
+  python -m tal_tf.inference.infer_main --saved_model_dir=serving/tal_net \
+      --features=rgb:feats/rgb,flow:feats/flow --feature_fps=0.625 \
+      --output=results.json
+
+From a pipeline config and a training checkpoint (no export needed):
+
+  python -m tal_tf.inference.infer_main --pipeline_config=configs/x.config \
+      --checkpoint=runs/x --tfrecords='data/thumos14_test.tfrecord-*' --output=results.json
+
+Inputs: `--features` (one .npy directory per stream, read window by window), `--hdf5_features` (one
+file of [T, sum(D)] datasets split in model stream order, or `rgb:a.h5,flow:b.h5`), or
+`--tfrecords` (converter output; feature_fps is read from the records). Videos longer than
+`--window_steps` (default: export_config.inference_window_steps of the model's config) are
+run in windows overlapping by `--window_overlap` and merged by per-class NMS, so memory
+stays bounded for multi-hour videos. Output: {"results": {video_id: [{"segment": [s, e],
+"label": name, "score": p}]}}; `--proposals_output` also writes the class-agnostic
+proposals (for AR@AN). Videos whose features are unusable are skipped and listed on stderr.
+"""
+
+import collections
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def define_flags(flag_values=flags.FLAGS):
+  """Defines the inference CLI's flags on `flag_values` (global FLAGS by default)."""
+  fv = flag_values
+  flags.DEFINE_string("saved_model_dir", None, "Exported SavedModel (version dir or TF "
+                      "Serving base path: the newest version is used).", flag_values=fv)
+  flags.DEFINE_string("pipeline_config", None, "Pipeline config (with --checkpoint, instead "
+                      "of --saved_model_dir).", flag_values=fv)
+  flags.DEFINE_string("checkpoint", None, "Training model_dir or checkpoint prefix.",
+                      flag_values=fv)
+  flags.DEFINE_string("config_override", None, "Text proto merged over --pipeline_config.",
+                      flag_values=fv)
+  flags.DEFINE_string("features", None, "Per-stream .npy directories 'rgb:DIR,flow:DIR' of "
+                      "<video_id>.npy [T, D].", flag_values=fv)
+  flags.DEFINE_string("hdf5_features", None, "HDF5 file of /<video_id> [T, sum(D)] datasets "
+                      "(model stream order), or 'rgb:a.h5,flow:b.h5'.", flag_values=fv)
+  flags.DEFINE_list("tfrecords", None, "SequenceExample TFRecord file patterns.",
+                    flag_values=fv)
+  flags.DEFINE_float("feature_fps", None, "Feature steps per second (--features and "
+                     "--hdf5_features; TFRecords carry their own).", flag_values=fv)
+  flags.DEFINE_list("video_ids", None, "Only these videos (default: all found).",
+                    flag_values=fv)
+  flags.DEFINE_string("output", None, "Results JSON to write.", flag_values=fv)
+  flags.DEFINE_string("proposals_output", None, "Optional proposals JSON (no labels).",
+                      flag_values=fv)
+  flags.DEFINE_string("label_map", None, "Label map for class names (default: the one "
+                      "exported beside the model, else the config's).", flag_values=fv)
+  flags.DEFINE_integer("window_steps", None, "Window length in feature steps (0 = whole "
+                       "video; default export_config.inference_window_steps).",
+                       flag_values=fv)
+  flags.DEFINE_float("window_overlap", None, "Overlap fraction of consecutive windows "
+                     "(default export_config.inference_window_overlap).", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 1, "Windows per model call.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_integer("max_detections", None, "Detections per video (default: the model's).",
+                       flag_values=fv)
+  flags.DEFINE_float("nms_iou_threshold", None, "tIoU of the per-class NMS merging windows "
+                     "(default: the config's second-stage NMS threshold).", flag_values=fv)
+
+
+def load_detector(fv):
+  """Detector from --saved_model_dir or --pipeline_config + --checkpoint."""
+  from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
+  from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
+  if bool(fv.saved_model_dir) == bool(fv.pipeline_config):
+    raise app.UsageError("give exactly one of --saved_model_dir or --pipeline_config "
+                         "(+ --checkpoint)")
+  if fv.saved_model_dir:
+    if fv.checkpoint or fv.config_override:
+      raise app.UsageError("--checkpoint / --config_override go with --pipeline_config, not "
+                           "--saved_model_dir")
+    return inference_lib.SavedModelDetector(fv.saved_model_dir)
+  if not fv.checkpoint:
+    raise app.UsageError("--pipeline_config needs --checkpoint")
+  config = config_util.load_pipeline_config(fv.pipeline_config, fv.config_override)
+  detector = inference_lib.CheckpointDetector(config, fv.checkpoint, fv.max_detections)
+  label_map = detector.label_map_path
+  if label_map and not os.path.isabs(label_map) and not os.path.isfile(label_map):
+    # An exported pipeline.config names its label map relative to itself.
+    beside = os.path.join(os.path.dirname(os.path.abspath(fv.pipeline_config)), label_map)
+    if os.path.isfile(beside):
+      detector.label_map_path = beside
+  return detector
+
+
+def feature_source(fv, stream_dims):
+  """The feature source named by exactly one of --features / --hdf5_features / --tfrecords."""
+  from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
+  given = [n for n in ("features", "hdf5_features", "tfrecords") if getattr(fv, n)]
+  if len(given) != 1:
+    raise app.UsageError("give exactly one of --features, --hdf5_features or --tfrecords")
+  if fv.features:
+    return feature_sources.NpyDirSource(_parse_stream_paths(fv.features), stream_dims,
+                                        fv.feature_fps, fv.video_ids)
+  if fv.hdf5_features:
+    files = fv.hdf5_features
+    if ":" in files and not os.path.isfile(files):
+      files = _parse_stream_paths(files)
+    return feature_sources.Hdf5Source(files, stream_dims, fv.feature_fps, fv.video_ids)
+  return feature_sources.TfRecordSource(fv.tfrecords, stream_dims, fv.video_ids)
+
+
+def _parse_stream_paths(text):
+  """'rgb:DIR,flow:DIR' -> OrderedDict (split at the first ':' of each item)."""
+  out = collections.OrderedDict()
+  for part in [p.strip() for p in text.split(",") if p.strip()]:
+    name, sep, path = part.partition(":")
+    if not sep or not name.strip() or not path.strip():
+      raise app.UsageError(f"bad stream path {part!r} in {text!r}: expected NAME:PATH, e.g. "
+                           "'rgb:feats/rgb,flow:feats/flow'")
+    if name.strip() in out:
+      raise app.UsageError(f"stream {name.strip()!r} given twice in {text!r}")
+    out[name.strip()] = path.strip()
+  return out
+
+
+def _id_to_name(path):
+  from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
+  if path and os.path.isfile(path):
+    return label_map_util.get_id_to_name(path)
+  logging.warning("no label map found (%s): classes are written as class_<id>", path)
+  return {}
+
+
+def run(fv):
+  """Runs inference as configured by parsed flags; returns the InferenceResult."""
+  from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
+  from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
+  if not fv.output:
+    raise app.UsageError("--output is required")
+  detector = load_detector(fv)
+  source = feature_source(fv, detector.stream_dims)
+  defaults = inference_lib.post_processing_defaults(detector.config)
+  window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
+  overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
+  iou = defaults["nms_iou_threshold"] if fv.nms_iou_threshold is None else fv.nms_iou_threshold
+  result = inference_lib.run_inference(
+      detector, source, window_steps=window_steps, window_overlap=overlap,
+      batch_size=fv.batch_size, nms_iou_threshold=iou,
+      proposal_nms_iou_threshold=defaults["proposal_nms_iou_threshold"],
+      max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],
+      progress_every=100)
+  id_to_name = _id_to_name(fv.label_map or detector.label_map_path)
+  eval_io.write_results(fv.output, inference_lib.to_results(result.detections, id_to_name))
+  if fv.proposals_output:
+    eval_io.write_results(fv.proposals_output, {
+        v: dict(segments=p["segments"], scores=p["scores"], labels=None)
+        for v, p in result.proposals.items()})
+  return result
+
+
+def main(argv):
+  """absl entry point: runs inference, prints a summary; exit code 1 if no video."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = run(flags.FLAGS)
+  stats = result.stats
+  print(f"{len(result.detections)} videos -> {flags.FLAGS.output} "
+        f"({stats.get('windows', 0)} windows in {stats.get('batches', 0)} batches, "
+        f"{stats.get('seconds', 0.0):.1f} s)")
+  if result.skipped:
+    print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
+  return 0 if result.detections else 1
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

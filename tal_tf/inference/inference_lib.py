@@ -1,0 +1,288 @@
+"""Runs an exported (or checkpointed) detector over feature files, window by window.
+
+Two detectors share one call interface, `detector(features {stream: [B, T, D]}, num_steps
+[B], feature_fps [B]) -> {output name: numpy array}` (the serving_default signature):
+  * `SavedModelDetector`: the exported SavedModel (what TF Serving runs);
+  * `CheckpointDetector`: pipeline config + training checkpoint, through the same
+    validated serving function the exporter saves.
+
+`run_inference` cuts each video into overlapping windows (`windowing.plan_windows`), runs
+windows in batches of `batch_size` (padded to the longest in the batch), shifts each window's
+detections to whole-video seconds and merges a video's windows by per-class NMS. At any
+time it holds one batch of windows of features plus the detections of unfinished videos,
+so memory does not grow with video length beyond the (small) detection lists.
+"""
+
+import collections
+import os
+import time
+
+from absl import logging
+import numpy as np
+
+from tal_tf.core.standard_fields import DetectionFields
+from tal_tf.inference import feature_sources
+from tal_tf.inference import windowing
+
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+# --------------------------------------------------------------------------- detectors
+def resolve_saved_model_dir(path):
+  """A SavedModel directory, or the newest numeric version inside a TF Serving base path."""
+  if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+    return path
+  if os.path.isdir(path):
+    versions = sorted(int(n) for n in os.listdir(path)
+                      if n.isdigit() and os.path.isfile(os.path.join(path, n, SAVED_MODEL_FILE)))
+    if versions:
+      return os.path.join(path, str(versions[-1]))
+  raise ValueError(f"--saved_model_dir {path!r} holds no saved_model.pb (neither directly nor "
+                   "in a numeric version subdirectory)")
+
+
+class SavedModelDetector:
+  """The serving_default signature of an exported SavedModel, called in-process."""
+
+  def __init__(self, export_dir):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._names = exporter_lib
+    self.export_dir = resolve_saved_model_dir(export_dir)
+    self._loaded = tf.saved_model.load(self.export_dir)
+    if exporter_lib.SERVING_SIGNATURE not in self._loaded.signatures:
+      raise ValueError(f"SavedModel {self.export_dir!r} has no "
+                       f"{exporter_lib.SERVING_SIGNATURE!r} signature")
+    self._fn = self._loaded.signatures[exporter_lib.SERVING_SIGNATURE]
+    _, specs = self._fn.structured_input_signature
+    self.config = self._load_config()
+    streams = [k for k in specs if k not in exporter_lib.RESERVED_INPUT_NAMES]
+    if self.config is not None:
+      # The model's stream order (the signature's dict order is alphabetical).
+      arch = self.config.model.WhichOneof("model")
+      ordered = list(getattr(self.config.model, arch).streams)
+      if sorted(ordered) == sorted(streams):
+        streams = ordered
+    self.stream_dims = collections.OrderedDict((s, int(specs[s].shape[-1])) for s in streams)
+    self.max_detections = int(
+        self._fn.structured_outputs[DetectionFields.detection_scores].shape[1])
+    label_map = os.path.join(self.export_dir, exporter_lib.LABEL_MAP_NAME)
+    self.label_map_path = label_map if os.path.isfile(label_map) else None
+
+  def _load_config(self):
+    from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
+    path = os.path.join(self.export_dir, config_util.PIPELINE_CONFIG_NAME)
+    if not os.path.isfile(path):
+      return None
+    return config_util.load_pipeline_config(path, validate=False)
+
+  def __call__(self, features, num_steps, feature_fps):
+    tf = self._tf
+    kwargs = {s: tf.constant(features[s], tf.float32) for s in self.stream_dims}
+    kwargs[self._names.NUM_STEPS_INPUT] = tf.constant(num_steps, tf.int32)
+    kwargs[self._names.FEATURE_FPS_INPUT] = tf.constant(feature_fps, tf.float32)
+    return {k: v.numpy() for k, v in self._fn(**kwargs).items()}
+
+
+class CheckpointDetector:
+  """A model built from a pipeline config with checkpoint weights, run through the same
+  validated serving function that the exporter saves."""
+
+  def __init__(self, config, checkpoint, max_detections=None):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self._names = exporter_lib
+    self.config = config
+    self._module = exporter_lib.build_detection_module(config, checkpoint, max_detections)
+    self._fn = self._module.serving_function()
+    self.stream_dims = self._module.stream_dims
+    self.max_detections = self._module.max_detections
+    self.label_map_path = None
+    for reader_name in ("eval_input_reader", "train_input_reader"):
+      if config.HasField(reader_name) and getattr(config, reader_name).label_map_path:
+        self.label_map_path = getattr(config, reader_name).label_map_path
+        break
+
+  def __call__(self, features, num_steps, feature_fps):
+    tf = self._tf
+    inputs = {s: tf.constant(features[s], tf.float32) for s in self.stream_dims}
+    inputs[self._names.NUM_STEPS_INPUT] = tf.constant(num_steps, tf.int32)
+    inputs[self._names.FEATURE_FPS_INPUT] = tf.constant(feature_fps, tf.float32)
+    return {k: v.numpy() for k, v in self._fn(inputs).items()}
+
+
+def post_processing_defaults(config):
+  """Merge settings from a pipeline config (None -> TAL-Net's paper values): dict with
+  nms_iou_threshold, proposal_nms_iou_threshold, max_proposals, window_steps,
+  window_overlap."""
+  out = dict(nms_iou_threshold=0.7, proposal_nms_iou_threshold=0.7, max_proposals=300,
+             window_steps=0, window_overlap=0.25)
+  if config is None:
+    return out
+  arch = config.model.WhichOneof("model")
+  if arch == "tal_net":
+    model = config.model.tal_net
+    out["nms_iou_threshold"] = model.second_stage_nms.iou_threshold
+    out["proposal_nms_iou_threshold"] = model.first_stage_nms.iou_threshold
+    if model.first_stage_nms.HasField("max_total"):
+      out["max_proposals"] = model.first_stage_nms.max_total
+  if config.HasField("export_config"):
+    out["window_steps"] = config.export_config.inference_window_steps
+    out["window_overlap"] = config.export_config.inference_window_overlap
+  return out
+
+
+# --------------------------------------------------------------------------- the loop
+class _VideoState:
+  """Detections gathered so far for one video's windows."""
+
+  def __init__(self, video, num_windows):
+    self.video = video
+    self.remaining = num_windows
+    self.single = num_windows == 1
+    self.parts = []          # (segments [n,2] s, scores [n], classes [n])
+    self.proposal_parts = []  # (segments [p,2] s, scores [p])
+    self.error = None
+
+
+InferenceResult = collections.namedtuple(
+    "InferenceResult", ["detections", "proposals", "skipped", "stats"])
+InferenceResult.__doc__ = """detections {video_id: {segments [N,2] s, scores [N], classes [N]
+ids}}, proposals {video_id: {segments [P,2], scores [P]}}, skipped {video_id: reason}, stats
+dict (videos, windows, batches, seconds)."""
+
+
+def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_size=1,
+                  nms_iou_threshold=0.7, proposal_nms_iou_threshold=0.7,
+                  max_detections=None, max_proposals=300, progress_every=0):
+  """Detects actions in every video of `source` (a feature_sources source).
+
+  Args:
+    detector: SavedModelDetector / CheckpointDetector (or any callable with its interface
+      and `stream_dims`, `max_detections` attributes).
+    source: iterable of (video_id, Video or FeatureError).
+    window_steps: window length in feature steps (0 = whole videos).
+    window_overlap: fraction of a window shared with the next, in [0, 1).
+    batch_size: windows per detector call.
+    nms_iou_threshold / proposal_nms_iou_threshold: merge NMS thresholds across windows.
+    max_detections: detections kept per video (default the detector's).
+    max_proposals: proposals kept per video after merging.
+    progress_every: log progress every this many videos (0 = never).
+  Returns:
+    InferenceResult.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  max_detections = int(max_detections or detector.max_detections)
+  detections, proposals, skipped = {}, {}, {}
+  stats = collections.Counter()
+  start_time = time.time()
+  batch = []
+
+  def finalize(state):
+    """Merges a finished video's windows into its final detections and proposals."""
+    video_id = state.video.video_id
+    if state.error is not None:
+      skipped[video_id] = state.error
+      return
+    if state.single:
+      # One window: the model's own (already suppressed) output, unchanged.
+      segs, scores, classes = state.parts[0]
+      detections[video_id] = dict(segments=segs[:max_detections],
+                                  scores=scores[:max_detections],
+                                  classes=classes[:max_detections])
+      psegs, pscores = state.proposal_parts[0]
+      proposals[video_id] = dict(segments=psegs[:max_proposals],
+                                 scores=pscores[:max_proposals])
+      return
+    segs, scores, classes = (np.concatenate(x) for x in zip(*state.parts))
+    segs, scores, classes = windowing.merge_detections(
+        segs, scores, classes, nms_iou_threshold, max_detections)
+    detections[video_id] = dict(segments=segs, scores=scores, classes=classes)
+    psegs, pscores = (np.concatenate(x) for x in zip(*state.proposal_parts))
+    psegs, pscores = windowing.merge_proposals(
+        psegs, pscores, proposal_nms_iou_threshold, max_proposals)
+    proposals[video_id] = dict(segments=psegs, scores=pscores)
+
+  def flush():
+    """Reads, pads and runs the pending windows as one batch; distributes the outputs."""
+    if not batch:
+      return
+    chunks = []
+    for state, start, length in batch:
+      if state.error is None:
+        try:
+          chunks.append((state, start, length, state.video.read(start, start + length)))
+        except feature_sources.FeatureError as e:
+          state.error = str(e)
+      if state.error is not None:
+        state.remaining -= 1
+        if state.remaining == 0:
+          finalize(state)
+    batch.clear()
+    if not chunks:
+      return
+    t_max = max(c[2] for c in chunks)
+    features = {s: np.zeros((len(chunks), t_max, d), np.float32)
+                for s, d in detector.stream_dims.items()}
+    for i, (_, _, length, values) in enumerate(chunks):
+      for s in features:
+        features[s][i, :length] = values[s]
+    num_steps = np.array([c[2] for c in chunks], np.int32)
+    fps = np.array([c[0].video.feature_fps for c in chunks], np.float32)
+    out = detector(features, num_steps, fps)
+    stats["batches"] += 1
+    stats["windows"] += len(chunks)
+    for i, (state, start, _, _) in enumerate(chunks):
+      offset = start / state.video.feature_fps
+      n = int(out[DetectionFields.num_detections][i])
+      state.parts.append((
+          out[DetectionFields.detection_segments][i, :n].astype(np.float64) + offset,
+          out[DetectionFields.detection_scores][i, :n].astype(np.float64),
+          out[DetectionFields.detection_classes][i, :n].astype(np.int64)))
+      p = int(out[DetectionFields.num_proposals][i])
+      state.proposal_parts.append((
+          out[DetectionFields.proposal_segments][i, :p].astype(np.float64) + offset,
+          out[DetectionFields.proposal_scores][i, :p].astype(np.float64)))
+      state.remaining -= 1
+      if state.remaining == 0:
+        finalize(state)
+
+  for video_id, video in source:
+    if isinstance(video, Exception):
+      skipped[video_id] = str(video)
+      logging.warning("skipping video %s: %s", video_id, video)
+      continue
+    stats["videos"] += 1
+    if video.num_steps == 0:
+      logging.warning("video %s has no feature steps: empty result", video_id)
+      detections[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0),
+                                  classes=np.zeros(0, np.int64))
+      proposals[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0))
+      continue
+    windows = windowing.plan_windows(video.num_steps, window_steps, window_overlap)
+    state = _VideoState(video, len(windows))
+    for start, length in windows:
+      batch.append((state, start, length))
+      if len(batch) >= batch_size:
+        flush()
+    if progress_every and stats["videos"] % progress_every == 0:
+      logging.info("%d videos, %d windows, %.1f s", stats["videos"], stats["windows"],
+                   time.time() - start_time)
+  flush()
+  for video_id, reason in skipped.items():
+    logging.warning("video %s skipped: %s", video_id, reason)
+  stats["seconds"] = time.time() - start_time
+  return InferenceResult(detections, proposals, skipped, dict(stats))
+
+
+def to_results(detections, id_to_name):
+  """{video_id: {segments, scores, classes}} -> {video_id: {segments, labels, scores}} for
+  `tal_tf.evaluation.io.write_results` (unknown ids become 'class_<id>')."""
+  out = {}
+  for video_id, det in detections.items():
+    labels = [id_to_name.get(int(c), f"class_{int(c)}") for c in det["classes"]]
+    out[video_id] = dict(segments=det["segments"], labels=labels, scores=det["scores"])
+  return out

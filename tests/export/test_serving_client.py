@@ -1,0 +1,264 @@
+"""Serving client: request building and response parsing against the exported signature,
+and the whole client (gRPC and REST) against stand-in servers that run the SavedModel.
+
+There is no TF Serving binary on these machines, so the servers here implement the same
+Predict / GetModelMetadata (gRPC) and :predict / metadata (REST) messages in-process; the
+requests the client sends and the responses it parses are TF Serving's own protos / JSON.
+"""
+from concurrent import futures
+import http.server
+import json
+import os
+import threading
+
+from absl import flags
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tal_tf.evaluation import io as eval_io
+from tal_tf.export import exporter_lib
+from tests.export import cli_loader
+from tests.export import tiny_model
+
+client = cli_loader.load_serving_client()
+
+
+@pytest.fixture(scope="module")
+def served(exported):
+  """The loaded SavedModel plus its SignatureDefMap, as a server would hold them."""
+  loaded = tf.saved_model.load(exported["export_dir"])
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(exported["export_dir"], "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  sig_map = get_model_metadata_pb2.SignatureDefMap()
+  for name, sig in saved.meta_graphs[0].signature_def.items():
+    if not name.startswith("__"):
+      sig_map.signature_def[name].CopyFrom(sig)
+  return dict(loaded=loaded, sig_map=sig_map, **exported)
+
+
+def _inputs(lengths=(30, 17)):
+  videos = [tiny_model.random_features(t, 10 + i) for i, t in enumerate(lengths)]
+  feats, num_steps = tiny_model.pad_batch(videos)
+  return dict(feats, num_steps=num_steps, feature_fps=np.array([1.0, 0.5], np.float32))
+
+
+def _run_signature(served, name, arrays):
+  fn = served["loaded"].signatures[name]
+  return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
+
+
+def test_request_holds_the_inputs_of_the_signature(served):
+  inputs = _inputs()
+  request = client.build_predict_request(inputs, "tal_net", model_version=3)
+  assert request.model_spec.name == "tal_net"
+  assert request.model_spec.signature_name == "serving_default"
+  assert request.model_spec.version.value == 3
+  sig = served["sig_map"].signature_def["serving_default"]
+  assert set(request.inputs) == set(sig.inputs)
+  for name, value in inputs.items():
+    proto = request.inputs[name]
+    assert proto.dtype == sig.inputs[name].dtype, name
+    np.testing.assert_array_equal(tf.make_ndarray(proto), value)  # TF's own decoder.
+
+
+def test_response_parsing_recovers_the_model_outputs(served):
+  inputs = _inputs()
+  outputs = _run_signature(served, "serving_default", inputs)
+  response = predict_pb2.PredictResponse()
+  for name, value in outputs.items():
+    response.outputs[name].CopyFrom(tf.make_tensor_proto(value))  # TF's own encoder.
+  parsed = client.parse_predict_response(response)
+  assert sorted(parsed) == sorted(exporter_lib.DETECTION_OUTPUTS)
+  for name, value in outputs.items():
+    assert parsed[name].dtype == value.dtype, name
+    np.testing.assert_array_equal(parsed[name], value, err_msg=name)
+  # Repeated-value encodings (as some servers send small tensors) decode too.
+  scalar_fill = tf.make_tensor_proto(np.float32(2.5), shape=[2, 3])
+  np.testing.assert_array_equal(client.tensor_proto_to_ndarray(scalar_fill),
+                                np.full((2, 3), 2.5, np.float32))
+
+
+def test_rest_body_round_trip(served):
+  inputs = _inputs()
+  body = json.loads(json.dumps(client.build_rest_request(inputs)))
+  assert body["signature_name"] == "serving_default"
+  np.testing.assert_array_equal(np.asarray(body["inputs"]["rgb"], np.float32), inputs["rgb"])
+  outputs = _run_signature(served, "serving_default", inputs)
+  reply = json.loads(json.dumps({"outputs": {k: v.tolist() for k, v in outputs.items()}}))
+  parsed = client.parse_rest_response(reply)
+  for name, value in outputs.items():
+    assert parsed[name].dtype == value.dtype, name
+    np.testing.assert_array_equal(parsed[name], value, err_msg=name)
+  with pytest.raises(RuntimeError, match="bad shape"):
+    client.parse_rest_response({"error": "bad shape"})
+
+
+def test_signature_metadata_gives_streams_and_detection_count(served):
+  dims, max_detections = client.signature_from_metadata(served["sig_map"])
+  assert dict(dims) == {"flow": 8, "rgb": 12}
+  assert max_detections == tiny_model.MAX_DETECTIONS
+  with pytest.raises(ValueError, match="no signature 'nope'"):
+    client.signature_from_metadata(served["sig_map"], "nope")
+
+
+# ----------------------------------------------------------------------------- stand-ins
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """Answers Predict and GetModelMetadata from the loaded SavedModel."""
+
+  def __init__(self, served):
+    self.served = served
+    self.requests = []
+
+  def Predict(self, request, context):  # pylint: disable=invalid-name
+    self.requests.append(request)
+    arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    outputs = _run_signature(self.served, request.model_spec.signature_name, arrays)
+    response = predict_pb2.PredictResponse()
+    response.model_spec.CopyFrom(request.model_spec)
+    for name, value in outputs.items():
+      response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return response
+
+  def GetModelMetadata(self, request, context):  # pylint: disable=invalid-name
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.CopyFrom(request.model_spec)
+    response.metadata["signature_def"].Pack(self.served["sig_map"])
+    return response
+
+
+def _write_npy_features(root, lengths):
+  dirs = {}
+  for stream in tiny_model.STREAM_DIMS:
+    dirs[stream] = os.path.join(root, stream)
+    os.makedirs(dirs[stream], exist_ok=True)
+  for i, t in enumerate(lengths):
+    for stream, values in tiny_model.random_features(t, 100 + i).items():
+      np.save(os.path.join(dirs[stream], f"video_{i}.npy"), values)
+  return ",".join(f"{s}:{d}" for s, d in dirs.items())
+
+
+def _client_flags(*args):
+  fv = flags.FlagValues()
+  client.define_flags(fv)
+  fv(["serving_client", *args])
+  return fv
+
+
+def _expected_results(served, features_dir_flag, lengths, fps):
+  """Each video alone through the SavedModel, labelled by the exported label map."""
+  names = {1: "Jump", 2: "Run", 3: "Throw"}
+  dirs = dict(part.split(":", 1) for part in features_dir_flag.split(","))
+  expected = {}
+  for i, t in enumerate(lengths):
+    arrays = {s: np.load(os.path.join(d, f"video_{i}.npy"))[None] for s, d in dirs.items()}
+    arrays.update(num_steps=np.array([t], np.int32), feature_fps=np.array([fps], np.float32))
+    out = _run_signature(served, "serving_default", arrays)
+    n = int(out["num_detections"][0])
+    expected[f"video_{i}"] = dict(
+        segments=out["detection_segments"][0, :n].astype(np.float64),
+        scores=out["detection_scores"][0, :n].astype(np.float64),
+        labels=[names[int(c)] for c in out["detection_classes"][0, :n]])
+  return expected
+
+
+def _check_results(path, expected):
+  got = eval_io.load_results(path)
+  assert sorted(got) == sorted(expected)
+  for video, exp in expected.items():
+    np.testing.assert_allclose(got[video]["segments"], exp["segments"], rtol=1e-6)
+    np.testing.assert_allclose(got[video]["scores"], exp["scores"], rtol=1e-6)
+    assert list(got[video]["labels"]) == exp["labels"]
+
+
+def test_grpc_client_turns_features_into_results_json(served, tmp_path):
+  service = _PredictionService(served)
+  server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+  port = server.add_insecure_port("127.0.0.1:0")
+  server.start()
+  try:
+    lengths = (33, 12)
+    features = _write_npy_features(str(tmp_path), lengths)
+    output = str(tmp_path / "results.json")
+    fv = _client_flags(f"--server=127.0.0.1:{port}", "--model_name=tal_net",
+                       f"--features={features}", "--feature_fps=2.0",
+                       f"--label_map={served['export_dir']}/label_map.pbtxt",
+                       f"--output={output}", "--batch_size=2")
+    result = client.run(fv)
+  finally:
+    server.stop(0)
+  assert not result.skipped
+  assert len(service.requests) == 1  # Both videos in one batched request.
+  assert service.requests[0].model_spec.name == "tal_net"
+  _check_results(output, _expected_results(served, features, lengths, 2.0))
+
+
+class _RestHandler(http.server.BaseHTTPRequestHandler):
+  """TF Serving's REST routes for one model, answered from the SavedModel."""
+  served = None
+
+  def _reply(self, body, code=200):
+    data = json.dumps(body).encode("utf-8")
+    self.send_response(code)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    if self.path == "/v1/models/tal_net/metadata":
+      sig = json_format.MessageToDict(self.served["sig_map"], preserving_proto_field_name=True)
+      self._reply({"model_spec": {"name": "tal_net"}, "metadata": {"signature_def": sig}})
+    else:
+      self._reply({"error": f"no route {self.path}"}, 404)
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    if self.path != "/v1/models/tal_net:predict":
+      return self._reply({"error": f"no route {self.path}"}, 404)
+    sig = self.served["sig_map"].signature_def[body["signature_name"]]
+    arrays = {k: np.asarray(v, tf.dtypes.as_dtype(sig.inputs[k].dtype).as_numpy_dtype)
+              for k, v in body["inputs"].items()}
+    outputs = _run_signature(self.served, body["signature_name"], arrays)
+    return self._reply({"outputs": {k: v.tolist() for k, v in outputs.items()}})
+
+  def log_message(self, *args):
+    pass
+
+
+def test_rest_client_with_windows_matches_offline_inference(served, tmp_path):
+  _RestHandler.served = served
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RestHandler)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  try:
+    features = _write_npy_features(str(tmp_path), (70,))
+    output = str(tmp_path / "rest.json")
+    fv = _client_flags(f"--rest_url=http://127.0.0.1:{httpd.server_address[1]}",
+                       f"--features={features}", "--feature_fps=1.0",
+                       f"--label_map={served['export_dir']}/label_map.pbtxt",
+                       f"--output={output}", "--window_steps=32", "--window_overlap=0.25",
+                       "--nms_iou_threshold=0.5", "--batch_size=3")
+    result = client.run(fv)
+  finally:
+    httpd.shutdown()
+  assert result.stats["windows"] == 3  # starts 0, 24, 38 (end-aligned)
+  # The offline CLI on the same SavedModel and windows gives the same JSON.
+  from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  infer_main.define_flags(fv)
+  offline = str(tmp_path / "offline.json")
+  fv(["infer", f"--saved_model_dir={served['export_dir']}", f"--features={features}",
+      "--feature_fps=1.0", f"--output={offline}", "--window_steps=32",
+      "--window_overlap=0.25", "--nms_iou_threshold=0.5", "--batch_size=3"])
+  infer_main.run(fv)
+  with open(output) as a, open(offline) as b:
+    assert json.load(a) == json.load(b)
