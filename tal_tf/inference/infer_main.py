@@ -52,6 +52,10 @@ def define_flags(flag_values=flags.FLAGS):
                     flag_values=fv)
   flags.DEFINE_float("feature_fps", None, "Feature steps per second (--features and "
                      "--hdf5_features; TFRecords carry their own).", flag_values=fv)
+  flags.DEFINE_string("annotations", None, "Annotation JSON; with --subset, only that "
+                      "subset's videos are processed.", flag_values=fv)
+  flags.DEFINE_string("subset", None, "Subset of --annotations to process (case-insensitive, "
+                      "e.g. 'test').", flag_values=fv)
   flags.DEFINE_list("video_ids", None, "Only these videos (default: all found).",
                     flag_values=fv)
   flags.DEFINE_string("output", None, "Results JSON to write.", flag_values=fv)
@@ -97,21 +101,35 @@ def load_detector(fv):
   return detector
 
 
+def selected_video_ids(fv):
+  """--video_ids, narrowed to --subset of --annotations when given (None = all found)."""
+  if bool(fv.annotations) != bool(fv.subset):
+    raise app.UsageError("--annotations and --subset go together")
+  ids = list(fv.video_ids) if fv.video_ids else None
+  if fv.annotations:
+    from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
+    # Raises EvaluationFormatError naming the file and the subsets present if none match.
+    in_subset = sorted(eval_io.load_annotations(fv.annotations, subset=fv.subset))
+    ids = in_subset if ids is None else [v for v in ids if v in set(in_subset)]
+  return ids
+
+
 def feature_source(fv, stream_dims):
   """The feature source named by exactly one of --features / --hdf5_features / --tfrecords."""
   from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
   given = [n for n in ("features", "hdf5_features", "tfrecords") if getattr(fv, n)]
   if len(given) != 1:
     raise app.UsageError("give exactly one of --features, --hdf5_features or --tfrecords")
+  video_ids = selected_video_ids(fv)
   if fv.features:
     return feature_sources.NpyDirSource(_parse_stream_paths(fv.features), stream_dims,
-                                        fv.feature_fps, fv.video_ids)
+                                        fv.feature_fps, video_ids)
   if fv.hdf5_features:
     files = fv.hdf5_features
     if ":" in files and not os.path.isfile(files):
       files = _parse_stream_paths(files)
-    return feature_sources.Hdf5Source(files, stream_dims, fv.feature_fps, fv.video_ids)
-  return feature_sources.TfRecordSource(fv.tfrecords, stream_dims, fv.video_ids)
+    return feature_sources.Hdf5Source(files, stream_dims, fv.feature_fps, video_ids)
+  return feature_sources.TfRecordSource(fv.tfrecords, stream_dims, video_ids)
 
 
 def _parse_stream_paths(text):

@@ -107,6 +107,28 @@ def test_saved_model_on_npy_dirs_writes_activitynet_results(exported, features, 
   assert all(len(p["scores"]) > 0 for p in props.values())
 
 
+def test_annotations_subset_selects_videos(exported, features, tmp_path):
+  annotations = tmp_path / "gt.json"
+  annotations.write_text(json.dumps({"database": {
+      "video_a": {"subset": "Validation", "duration": 20.0, "annotations": []},
+      "video_b": {"subset": "Test", "duration": 11.5, "annotations": []}}}))
+  output = str(tmp_path / "results.json")
+  result = infer_main.run(_flags(
+      f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
+      f"--feature_fps={FPS}", f"--annotations={annotations}", "--subset=test",
+      f"--output={output}"))
+  assert sorted(result.detections) == ["video_b"]
+  with pytest.raises(app.UsageError, match="go together"):
+    infer_main.run(_flags(
+        f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
+        f"--feature_fps={FPS}", "--subset=test", f"--output={output}"))
+  with pytest.raises(eval_io.EvaluationFormatError, match="no video has subset 'training'"):
+    infer_main.run(_flags(
+        f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
+        f"--feature_fps={FPS}", f"--annotations={annotations}", "--subset=training",
+        f"--output={output}"))
+
+
 def test_checkpoint_with_hdf5_and_tfrecords_agree_with_the_saved_model(exported, features,
                                                                        tmp_path):
   expected = _expected_whole_videos(exported, features["videos"])
