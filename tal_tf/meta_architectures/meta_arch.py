@@ -41,6 +41,17 @@ class TemporalDetectionModel(tf_keras.Model, metaclass=abc.ABCMeta):
   def postprocess(self, predictions, num_steps, feature_fps):
     """Detections dict (DetectionFields keys), segments in seconds."""
 
+  def get_config(self):
+    """A description for Keras serialization; models are rebuilt from pipeline configs."""
+    return {"name": self.name, "num_classes": self.num_classes,
+            "stream_names": list(self.stream_names)}
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    raise NotImplementedError(
+        "tal_tf models are built from a pipeline config (tal_tf.builders.model_builder."
+        "build), not from a Keras config")
+
   def call(self, inputs, training=False):
     """Keras entry point: inputs = {'features': dict, 'num_steps': [B]} -> predictions."""
     return self.predict(inputs["features"], inputs["num_steps"], training=training)

@@ -153,6 +153,10 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     """
     num_steps = tf.cast(num_steps, tf.int32)
     maps = self._branch_inputs(features)
+    # An empty input (T = 0) is padded to one masked step: TF's 'same' pooling misbehaves on
+    # zero-length inputs, and a video without steps simply yields no proposals.
+    pad = tf.maximum(1 - tf.shape(maps[0])[1], 0)
+    maps = [tf.pad(m, [[0, 0], [0, pad], [0, 0]]) for m in maps]
     padded_t = tf.shape(maps[0])[1]
     anchors = self.anchors(padded_t)
     k = self._anchor_generator.num_anchors_per_location()

@@ -134,6 +134,16 @@ def test_batch_detections_equal_single_video_detections():
                                  rtol=1e-4, atol=1e-4, err_msg=key)
 
 
+def test_empty_video_gives_no_detections():
+  model = build()
+  feats = {"rgb": tf.zeros([2, 0, 6]), "flow": tf.zeros([2, 0, 5])}
+  num_steps = tf.constant([0, 0])
+  preds = model.predict(feats, num_steps)
+  dets = model.postprocess(preds, num_steps, tf.constant([1.0, 1.0]))
+  np.testing.assert_array_equal(preds["num_proposals"].numpy(), [0, 0])
+  np.testing.assert_array_equal(dets[DetectionFields.num_detections].numpy(), [0, 0])
+
+
 def test_missing_stream_is_named():
   model = build()
   with pytest.raises(KeyError, match="flow"):
