@@ -103,13 +103,16 @@ def load_detector(fv):
 
 def selected_video_ids(fv):
   """--video_ids, narrowed to --subset of --annotations when given (None = all found)."""
-  if bool(fv.annotations) != bool(fv.subset):
+  # Other CLIs (e.g. the serving client) reuse feature_source without these two flags.
+  annotations = getattr(fv, "annotations", None)
+  subset = getattr(fv, "subset", None)
+  if bool(annotations) != bool(subset):
     raise app.UsageError("--annotations and --subset go together")
   ids = list(fv.video_ids) if fv.video_ids else None
-  if fv.annotations:
+  if annotations:
     from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
     # Raises EvaluationFormatError naming the file and the subsets present if none match.
-    in_subset = sorted(eval_io.load_annotations(fv.annotations, subset=fv.subset))
+    in_subset = sorted(eval_io.load_annotations(annotations, subset=subset))
     ids = in_subset if ids is None else [v for v in ids if v in set(in_subset)]
   return ids
 
