@@ -143,6 +143,19 @@ def tower_plan(scale, use_context=True, variant="multi_dilated", rounding="exact
   return _TCONV_PLAN
 
 
+class TemporalConv(tf_keras.layers.Conv1D):
+  """Conv1D whose dilation runs natively (tf.nn.conv1d) instead of via SpaceToBatch.
+
+  Keras' Conv1D routes a dilated conv through tf.nn.convolution, which wraps it in
+  SpaceToBatchND / BatchToSpaceND (plus block padding); conv1d with `dilations` computes the
+  same output directly and is faster on CPU. Same weights, so checkpoints are compatible.
+  """
+
+  def convolution_op(self, inputs, kernel):
+    return tf.nn.conv1d(inputs, kernel, stride=list(self.strides),
+                        padding=self.padding.upper(), dilations=list(self.dilation_rate))
+
+
 def build_tower_layers(plan, filters, name="tower", kernel_initializer="glorot_uniform",
                        kernel_regularizer=None):
   """Keras layers of one tower: [MaxPool1D (if pool > 1), Conv1D, Conv1D], 'same', ReLU."""
@@ -152,7 +165,7 @@ def build_tower_layers(plan, filters, name="tower", kernel_initializer="glorot_u
     layers.append(tf_keras.layers.MaxPool1D(
         pool_size=plan.pool_size, strides=1, padding="same", name=f"{name}_pool"))
   for i, (kernel, rate) in enumerate(zip(plan.kernel_sizes, plan.dilation_rates)):
-    layers.append(tf_keras.layers.Conv1D(
+    layers.append(TemporalConv(
         filters, kernel, dilation_rate=rate, padding="same", activation="relu",
         kernel_initializer=tf_keras.initializers.get(kernel_initializer),
         kernel_regularizer=tf_keras.regularizers.get(kernel_regularizer),

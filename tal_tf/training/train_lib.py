@@ -14,6 +14,7 @@ import time
 
 from absl import logging
 import tensorflow as tf
+import tf_keras
 
 from tal_tf.builders import input_reader_builder
 from tal_tf.builders import model_builder
@@ -94,6 +95,9 @@ class Trainer:
       raise ValueError(f"num_train_steps must be > 0, got {self.num_train_steps}")
     tf.io.gfile.makedirs(model_dir)
     self.strategy = build_strategy(train_config.distribution_strategy)
+    if train_config.seed:
+      # Seeds Python, numpy and TF so weight initialization (and sampling) repeat.
+      tf_keras.utils.set_random_seed(train_config.seed)
     with self.strategy.scope():
       self.model = model_builder.build(config.model)
       self.optimizer, self.learning_rate = optimizer_builder.build(train_config.optimizer)

@@ -429,3 +429,15 @@ def test_flops_match_the_built_layers(variant):
       k, cin, cout = layer.kernel.shape
       counted += 2 * steps * k * cin * cout
   assert bench_flops.spn_flops(steps, dim, SCALES, variant, use_context, filters) == counted
+
+
+def test_temporal_conv_equals_keras_dilated_conv():
+  """The native-dilation conv computes exactly what Keras' SpaceToBatch path computes."""
+  x = tf.random.stateless_normal([2, 23, 5], seed=[1, 2])
+  for rate in (1, 2, 5):
+    ours = spn_lib.TemporalConv(4, 3, dilation_rate=rate, padding="same")
+    ref = tf_keras.layers.Conv1D(4, 3, dilation_rate=rate, padding="same")
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(ours.get_weights())
+    np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)

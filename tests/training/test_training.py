@@ -200,6 +200,19 @@ def test_eval_mode_restores_and_reports(data, tmp_path):
   assert metrics is not None
 
 
+def test_seed_makes_initial_weights_repeat(data, tmp_path):
+  config = config_util.load_pipeline_config(data["config"])
+  feats = {"rgb": tf.zeros([1, 4, DIM]), "flow": tf.zeros([1, 4, DIM])}
+  weights = []
+  for run in ("a", "b"):
+    trainer = train_lib.Trainer(config, str(tmp_path / run), num_train_steps=1)
+    trainer.model.predict(feats, tf.constant([4]))
+    weights.append([v.numpy() for v in trainer.model.trainable_variables])
+  assert len(weights[0]) == len(weights[1]) > 0
+  for a, b in zip(*weights):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_eval_without_checkpoint_fails_clearly(data, tmp_path):
   config = config_util.load_pipeline_config(data["config"])
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
