@@ -75,28 +75,25 @@ def class_names(database, ignore_classes=()):
   return sorted(names)
 
 
-def video_duration(entry):
-  """The entry's duration in seconds as float, or None when missing or not positive."""
-  value = entry.get("duration")
+def _positive_float(entry, key):
+  """entry[key] as a finite float > 0, or None when missing, non-numeric or not positive."""
   try:
-    value = float(value)
+    value = float(entry.get(key))
   except (TypeError, ValueError):
     return None
   if not math.isfinite(value) or value <= 0:
     return None
   return value
+
+
+def video_duration(entry):
+  """The entry's duration in seconds as float, or None when missing or not positive."""
+  return _positive_float(entry, "duration")
 
 
 def video_fps(entry):
   """The entry's frame rate as float, or None when missing or not positive."""
-  value = entry.get("fps")
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    return None
-  if not math.isfinite(value) or value <= 0:
-    return None
-  return value
+  return _positive_float(entry, "fps")
 
 
 def clean_segments(video_id, entry, duration, report, ignore_classes=()):

@@ -244,8 +244,6 @@ def mean_average_precision(gt_by_video, results_by_video,
   p_cls = _label_to_class(p_lab, classes)
   num_classes = len(classes)
   ap = np.zeros((thr.size, num_classes))
-  num_gt = np.bincount(g_cls[g_cls >= 0], minlength=num_classes)
-  num_pred = np.bincount(p_cls[p_cls >= 0], minlength=num_classes)
   g_table = np.column_stack([g_vid, g_seg]) if g_vid.size else np.zeros((0, 3))
   p_table = np.column_stack([p_vid, p_seg, p_score]) if p_vid.size else np.zeros((0, 4))
   g_groups = np.argsort(g_cls, kind="stable")
@@ -256,24 +254,32 @@ def mean_average_precision(gt_by_video, results_by_video,
     g_rows = g_groups[g_bounds[c]:g_bounds[c + 1]]
     p_rows = p_groups[p_bounds[c]:p_bounds[c + 1]]
     ap[:, c] = average_precision_detection(g_table[g_rows], p_table[p_rows], thr)
+  return detection_metrics("activitynet", thr, classes, ap, g_cls, p_cls, len(gt_by_video),
+                           missing)
+
+
+def detection_metrics(protocol, thresholds, classes, ap, g_cls, p_cls, num_videos, missing):
+  """Packs per-class AP [T, C] and the class index of each ground truth / prediction into the
+  metrics dict shared by both protocols (mAP per threshold, average, per-class AP, counts)."""
+  num_classes = len(classes)
   num_ignored = int(np.sum(p_cls < 0))
   if num_ignored:
     logging.info("%d predictions have labels outside the evaluated classes and are ignored",
                  num_ignored)
   # No class at all (empty ground truth): mAP is reported as 0 rather than NaN.
-  m_ap = ap.mean(axis=1) if num_classes else np.zeros(thr.size)
+  m_ap = ap.mean(axis=1) if num_classes else np.zeros(thresholds.size)
   return {
-      "protocol": "activitynet",
-      "tiou_thresholds": thr,
+      "protocol": protocol,
+      "tiou_thresholds": thresholds,
       "class_names": list(classes),
       "ap": ap,
       "mAP": m_ap,
       "average_mAP": float(m_ap.mean()),
       "per_class_ap": {c: ap[:, i] for i, c in enumerate(classes)},
-      "num_ground_truth": num_gt,
-      "num_predictions": num_pred,
+      "num_ground_truth": np.bincount(g_cls[g_cls >= 0], minlength=num_classes),
+      "num_predictions": np.bincount(p_cls[p_cls >= 0], minlength=num_classes),
       "num_ignored_predictions": num_ignored,
-      "num_videos": int(len(gt_by_video)),
+      "num_videos": int(num_videos),
       "classes_without_ground_truth": missing,
   }
 

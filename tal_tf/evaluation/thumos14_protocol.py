@@ -158,19 +158,7 @@ def thumos14_mean_average_precision(gt_by_video, results_by_video,
   for c in range(num_classes):
     ap[:, c] = thumos14_average_precision(g_table[g_cls == c], p_table[p_cls == c], thr,
                                           amb_table)
-  m_ap = ap.mean(axis=1) if num_classes else np.zeros(thr.size)
-  return {
-      "protocol": "thumos14",
-      "tiou_thresholds": thr,
-      "class_names": list(classes),
-      "ap": ap,
-      "mAP": m_ap,
-      "average_mAP": float(m_ap.mean()),
-      "per_class_ap": {c: ap[:, i] for i, c in enumerate(classes)},
-      "num_ground_truth": np.bincount(g_cls[g_cls >= 0], minlength=num_classes),
-      "num_predictions": np.bincount(p_cls[p_cls >= 0], minlength=num_classes),
-      "num_ignored_predictions": int(np.sum(p_cls < 0)),
-      "num_videos": int(len(gt_by_video)),
-      "num_ambiguous_segments": int(amb_table.shape[0]),
-      "classes_without_ground_truth": missing,
-  }
+  metrics = activitynet_protocol.detection_metrics(
+      "thumos14", thr, classes, ap, g_cls, p_cls, len(gt_by_video), missing)
+  metrics["num_ambiguous_segments"] = int(amb_table.shape[0])
+  return metrics
