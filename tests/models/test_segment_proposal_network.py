@@ -333,7 +333,9 @@ def test_static_shape_kept_and_custom_output_sizes():
 
 
 def test_gradients_reach_every_weight_and_the_input():
-  spn = SegmentProposalNetwork(SCALES, filters=4)
+  # Seeded: with few ReLU filters an unlucky initialization can leave a conv all-dead.
+  tf_keras.utils.set_random_seed(7)
+  spn = SegmentProposalNetwork(SCALES, filters=8)
   x = tf.Variable(tf.random.uniform([2, 20, 3], 0.1, 1.0, seed=3))
   with tf.GradientTape() as tape:
     logits, boxes = spn(x, training=True)
