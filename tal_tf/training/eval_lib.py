@@ -136,6 +136,26 @@ def evaluator_from_config(eval_config):
   return evaluator_lib.DetectionEvaluator(**kwargs)
 
 
+def groundtruth_for_evaluation(eval_config, record_groundtruth):
+  """Ground truth of the evaluated videos: from the records, or from the annotation JSON.
+
+  With `eval_config.annotations_path` the original annotations are used (segments as
+  annotated, and THUMOS14's 'Ambiguous' segments, which the thumos14 protocol needs and the
+  converter drops from the records); every evaluated video must be in that file.
+  """
+  if not eval_config.annotations_path:
+    return record_groundtruth
+  annotations = eval_io.load_annotations(eval_config.annotations_path,
+                                         subset=eval_config.subset or None)
+  missing = sorted(set(record_groundtruth) - set(annotations))
+  if missing:
+    raise ValueError(
+        f"eval_config.annotations_path {eval_config.annotations_path} (subset "
+        f"{eval_config.subset or 'any'!r}) lacks {len(missing)} evaluated videos, e.g. "
+        f"{missing[:5]}")
+  return {v: annotations[v] for v in record_groundtruth}
+
+
 def evaluate_model(model, config, step, output_dir, num_classes):
   """Full evaluation: metrics dict, TensorBoard summaries in output_dir, metrics JSON."""
   eval_config = config.eval_config
@@ -147,7 +167,8 @@ def evaluate_model(model, config, step, output_dir, num_classes):
   if not collector.groundtruth:
     raise ValueError("the eval input produced no videos; check eval_input_reader.input_path")
   evaluator = evaluator_from_config(eval_config)
-  metrics = evaluator.evaluate(collector.groundtruth, collector.results, collector.proposals,
+  groundtruth = groundtruth_for_evaluation(eval_config, collector.groundtruth)
+  metrics = evaluator.evaluate(groundtruth, collector.results, collector.proposals,
                                class_names=[class_names[i] for i in sorted(class_names)])
   eval_io.write_results(os.path.join(output_dir, f"detections_step_{int(step)}.json"),
                         collector.results)
@@ -156,7 +177,7 @@ def evaluate_model(model, config, step, output_dir, num_classes):
     for name, value in evaluator_lib.scalar_metrics(metrics).items():
       tf.summary.scalar(name, value)
     for name, image in evaluator.summary_images(
-        metrics, collector.groundtruth, collector.results,
+        metrics, groundtruth, collector.results,
         num_videos=eval_config.num_visualizations).items():
       tf.summary.image(name, image[np.newaxis], max_outputs=1)
   writer.flush()

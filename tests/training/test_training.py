@@ -213,6 +213,37 @@ def test_seed_makes_initial_weights_repeat(data, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_thumos14_protocol_with_annotation_json_uses_ambiguous_segments(data, tmp_path):
+  with open(os.path.join(os.path.dirname(data["label_map"]), "annotations.json")) as f:
+    source = json.load(f)
+  # One 'Ambiguous' segment per test video (converted records never carry them).
+  for entry in source["database"].values():
+    if entry["subset"].lower() == "test":
+      entry["annotations"].append({"segment": [1.0, 3.0], "label": "Ambiguous"})
+  annotations = str(tmp_path / "annotations.json")
+  with open(annotations, "w") as f:
+    json.dump(source, f)
+  override = (f'eval_config {{ protocol: "thumos14" annotations_path: "{annotations}" '
+              f'subset: "test" }}')
+  config = config_util.load_pipeline_config(data["config"], override)
+  model_dir = str(tmp_path / "run")
+  train_lib.Trainer(config, model_dir, num_train_steps=2).train()
+  metrics = run_lib.run(config, model_dir, "eval")["detection"]
+  with open(annotations) as f:
+    database = json.load(f)["database"]
+  test_videos = [e for e in database.values() if e["subset"].lower() == "test"]
+  ambiguous = sum(a["label"] == "Ambiguous" for e in test_videos for a in e["annotations"])
+  others = sum(a["label"] != "Ambiguous" for e in test_videos for a in e["annotations"])
+  assert metrics["protocol"] == "thumos14"
+  assert metrics["num_ambiguous_segments"] == ambiguous == 3
+  assert int(np.sum(metrics["num_ground_truth"])) == others
+  # A JSON that lacks an evaluated video is an error naming the field.
+  config = config_util.load_pipeline_config(
+      data["config"], f'eval_config {{ annotations_path: "{annotations}" subset: "validation" }}')
+  with pytest.raises(ValueError, match="annotations_path"):
+    run_lib.run(config, model_dir, "eval")
+
+
 def test_eval_without_checkpoint_fails_clearly(data, tmp_path):
   config = config_util.load_pipeline_config(data["config"])
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
