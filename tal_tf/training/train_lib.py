@@ -148,7 +148,9 @@ class Trainer:
     manager = self.checkpoint_manager()
     path = manager.latest_checkpoint
     if path:
-      self._checkpoint.restore(path)
+      # expect_partial: optimizer slots restore lazily on the first step (and never if
+      # there is nothing left to train); that is not an error worth a warning.
+      self._checkpoint.restore(path).expect_partial()
       logging.info("restored %s (step %d)", path, int(self.global_step.numpy()))
     return path
 
