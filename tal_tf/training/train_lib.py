@@ -103,10 +103,22 @@ class Trainer:
       self.optimizer, self.learning_rate = optimizer_builder.build(train_config.optimizer)
       # Creates the step counter now so checkpoints restore it before the first step.
       self.global_step = self.optimizer.iterations
+      self._create_variables()
     self._train_iterator = None
     self._train_fn = None
     self._checkpoint = None
     self._manager = None
+
+  def _create_variables(self):
+    """Creates model weights and optimizer slots up front, so a restore is immediate and
+    complete (weights, Adam moments, step) instead of deferred to the first step."""
+    reader = self.config.train_input_reader
+    dims = config_util.stream_dims(reader) if reader.streams else {}
+    if not dims:
+      return  # No declared streams (e.g. a model-only config): variables come on first use.
+    features = {name: tf.zeros([1, 1, dim]) for name, dim in dims.items()}
+    self.model.predict(features, tf.ones([1], tf.int32), training=False)
+    self.optimizer.build(self.model.trainable_variables)
 
   # ---------------------------------------------------------------- data + checkpoints
   def _dataset_fn(self, input_context=None):

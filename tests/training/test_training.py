@@ -172,15 +172,19 @@ def test_resume_continues_from_checkpoint_with_input_position(data, tmp_path):
   first = train_lib.Trainer(config, model_dir, num_train_steps=3)
   assert first.train() == 3
   weights_at_3 = [v.numpy() for v in first.model.trainable_variables]
-  # A fresh trainer (as after a restart) resumes at step 3 with the same weights and the
-  # data iterator's saved position, then continues to 6.
+  optimizer_at_3 = [v.numpy() for v in first.optimizer.variables()]
+  # A fresh trainer (as after a restart) resumes at step 3 with the same weights, the same
+  # Adam moments and the data iterator's saved position, then continues to 6.
   second = train_lib.Trainer(config, model_dir, num_train_steps=6)
   second.restore()
   assert int(second.global_step.numpy()) == 3
-  second.model.predict({"rgb": tf.zeros([1, 4, DIM]), "flow": tf.zeros([1, 4, DIM])},
-                       tf.constant([4]))
   for a, b in zip(weights_at_3, second.model.trainable_variables):
     np.testing.assert_array_equal(a, b.numpy())
+  restored = [v.numpy() for v in second.optimizer.variables()]
+  assert len(restored) == len(optimizer_at_3) == 2 * len(weights_at_3) + 1  # m, v, step
+  for a, b in zip(optimizer_at_3, restored):
+    np.testing.assert_array_equal(a, b)
+  assert any(np.any(a != 0) for a in optimizer_at_3[1:])  # moments really were trained
   reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
   assert any(k.startswith("train_iterator") for k in reader.get_variable_to_shape_map())
   assert second.train() == 6
