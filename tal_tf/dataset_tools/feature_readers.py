@@ -30,42 +30,44 @@ class FeatureError(Exception):
     self.message = message
 
 
-def parse_stream_dims(text):
-  """'rgb:1024,flow:1024' -> OrderedDict(rgb=1024, flow=1024); strict."""
-  dims = collections.OrderedDict()
+def _parse_stream_list(text, what, example, convert, expected=None):
+  """'NAME:VALUE,...' -> OrderedDict(NAME=convert(VALUE)); strict (split at the first ':').
+
+  `convert` returns None for a bad value; `expected` describes the form in errors."""
+  expected = expected or f"NAME:{what.upper()}"
+  out = collections.OrderedDict()
   for part in [p.strip() for p in str(text).split(",") if p.strip()]:
     name, sep, value = part.partition(":")
-    name = name.strip()
-    try:
-      dim = int(value)
-    except ValueError:
-      dim = -1
-    if not sep or not name or dim < 1:
-      raise ValueError(f"bad stream dim {part!r} in {text!r}: expected NAME:DIM with DIM >= 1, "
-                       f"e.g. 'rgb:1024,flow:1024'")
-    if name in dims:
+    name, value = name.strip(), value.strip()
+    converted = convert(value) if sep and name and value else None
+    if converted is None:
+      raise ValueError(f"bad stream {what} {part!r} in {text!r}: expected {expected}, "
+                       f"e.g. {example!r}")
+    if name in out:
       raise ValueError(f"stream {name!r} given twice in {text!r}")
-    dims[name] = dim
-  if not dims:
-    raise ValueError(f"no streams in {text!r}: expected e.g. 'rgb:1024,flow:1024'")
-  return dims
+    out[name] = converted
+  if not out:
+    raise ValueError(f"no streams in {text!r}: expected e.g. {example!r}")
+  return out
+
+
+def _positive_int(value):
+  try:
+    dim = int(value)
+  except ValueError:
+    return None
+  return dim if dim >= 1 else None
+
+
+def parse_stream_dims(text):
+  """'rgb:1024,flow:1024' -> OrderedDict(rgb=1024, flow=1024); strict (DIM >= 1)."""
+  return _parse_stream_list(text, "dim", "rgb:1024,flow:1024", _positive_int,
+                            expected="NAME:DIM with DIM >= 1")
 
 
 def parse_stream_paths(text, what="path"):
   """'rgb:DIR1,flow:DIR2' -> OrderedDict(rgb=DIR1, flow=DIR2) (split at the first ':')."""
-  paths = collections.OrderedDict()
-  for part in [p.strip() for p in str(text).split(",") if p.strip()]:
-    name, sep, path = part.partition(":")
-    name, path = name.strip(), path.strip()
-    if not sep or not name or not path:
-      raise ValueError(f"bad stream {what} {part!r} in {text!r}: expected NAME:{what.upper()}, "
-                       f"e.g. 'rgb:features/rgb,flow:features/flow'")
-    if name in paths:
-      raise ValueError(f"stream {name!r} given twice in {text!r}")
-    paths[name] = path
-  if not paths:
-    raise ValueError(f"no streams in {text!r}")
-  return paths
+  return _parse_stream_list(text, what, "rgb:features/rgb,flow:features/flow", lambda v: v)
 
 
 def check_features(array, expected_dim, where):

@@ -21,7 +21,6 @@ stays bounded for multi-hour videos. Output: {"results": {video_id: [{"segment":
 proposals (for AR@AN). Videos whose features are unusable are skipped and listed on stderr.
 """
 
-import collections
 import json
 import os
 import sys
@@ -136,17 +135,12 @@ def feature_source(fv, stream_dims):
 
 
 def _parse_stream_paths(text):
-  """'rgb:DIR,flow:DIR' -> OrderedDict (split at the first ':' of each item)."""
-  out = collections.OrderedDict()
-  for part in [p.strip() for p in text.split(",") if p.strip()]:
-    name, sep, path = part.partition(":")
-    if not sep or not name.strip() or not path.strip():
-      raise app.UsageError(f"bad stream path {part!r} in {text!r}: expected NAME:PATH, e.g. "
-                           "'rgb:feats/rgb,flow:feats/flow'")
-    if name.strip() in out:
-      raise app.UsageError(f"stream {name.strip()!r} given twice in {text!r}")
-    out[name.strip()] = path.strip()
-  return out
+  """'rgb:DIR,flow:DIR' -> OrderedDict; a malformed list is a usage error."""
+  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
+  try:
+    return feature_readers.parse_stream_paths(text)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def _id_to_name(path):

@@ -49,6 +49,8 @@ import collections
 import tensorflow as tf
 import tf_keras
 
+from tal_tf.models import layer_config
+
 DEFAULT_SCALES = (1, 2, 3, 4, 5, 6, 8, 11, 16)
 VARIANTS = ("multi_dilated", "multi_tconv", "single_tconv", "single")
 ROUNDINGS = ("exact", "odd")
@@ -274,11 +276,8 @@ class SegmentProposalNetwork(tf_keras.layers.Layer):
     self.rounding = rounding
     # Stored serialized so every layer gets a fresh initializer instance (a shared unseeded
     # instance would give identical initial weights to all towers).
-    self._kernel_initializer = tf_keras.initializers.serialize(
-        tf_keras.initializers.get(kernel_initializer))
-    self._kernel_regularizer = (
-        tf_keras.regularizers.serialize(tf_keras.regularizers.get(kernel_regularizer))
-        if kernel_regularizer is not None else None)
+    self._kernel_initializer = layer_config.serialize_initializer(kernel_initializer)
+    self._kernel_regularizer = layer_config.serialize_regularizer(kernel_regularizer)
     self.plans = tuple(tower_plan(s, self.use_context, variant, rounding) for s in scales)
 
     num_scales = len(scales)
@@ -375,10 +374,7 @@ class SegmentProposalNetwork(tf_keras.layers.Layer):
         "code_size": self.code_size,
         "rounding": self.rounding,
         # Re-serialized so the config holds plain dicts, not Keras' tracked wrappers.
-        "kernel_initializer": tf_keras.initializers.serialize(
-            tf_keras.initializers.get(self._kernel_initializer)),
-        "kernel_regularizer": (tf_keras.regularizers.serialize(
-            tf_keras.regularizers.get(self._kernel_regularizer))
-                               if self._kernel_regularizer is not None else None),
+        "kernel_initializer": layer_config.serialize_initializer(self._kernel_initializer),
+        "kernel_regularizer": layer_config.serialize_regularizer(self._kernel_regularizer),
     })
     return config

@@ -11,6 +11,7 @@ as one layer with C + 1 + 2C outputs split in two.
 import tensorflow as tf
 import tf_keras
 
+from tal_tf.models import layer_config
 from tal_tf.models.feature_reducer import FeatureReducer
 
 
@@ -54,11 +55,8 @@ class SoiClassifierHead(tf_keras.layers.Layer):
     self.dropout_rate = float(dropout_rate)
     self.code_size = code_size
     # Kept serialized so every layer gets its own initializer instance.
-    self._kernel_initializer = tf_keras.initializers.serialize(
-        tf_keras.initializers.get(kernel_initializer))
-    self._kernel_regularizer = (
-        tf_keras.regularizers.serialize(tf_keras.regularizers.get(kernel_regularizer))
-        if kernel_regularizer is not None else None)
+    self._kernel_initializer = layer_config.serialize_initializer(kernel_initializer)
+    self._kernel_regularizer = layer_config.serialize_regularizer(kernel_regularizer)
 
     # reduce_filters=None skips the reduction (e.g. when pooled features are already small).
     self.reducer = (FeatureReducer(reduce_filters, activation="relu",
@@ -127,10 +125,7 @@ class SoiClassifierHead(tf_keras.layers.Layer):
         "dropout_rate": self.dropout_rate,
         "code_size": self.code_size,
         # Re-serialized so the config holds plain dicts, not Keras' tracked wrappers.
-        "kernel_initializer": tf_keras.initializers.serialize(
-            tf_keras.initializers.get(self._kernel_initializer)),
-        "kernel_regularizer": (tf_keras.regularizers.serialize(
-            tf_keras.regularizers.get(self._kernel_regularizer))
-                               if self._kernel_regularizer is not None else None),
+        "kernel_initializer": layer_config.serialize_initializer(self._kernel_initializer),
+        "kernel_regularizer": layer_config.serialize_regularizer(self._kernel_regularizer),
     })
     return config
