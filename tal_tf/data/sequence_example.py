@@ -123,6 +123,17 @@ def make_sequence_example(video_id, duration, feature_fps, features, segments_se
   return example
 
 
+def _video_label_one_hot(ids, num_classes):
+  """One-hot rows [L, num_classes] of video-level label ids (1..num_classes, checked)."""
+  with tf.control_dependencies([
+      tf.debugging.assert_greater_equal(
+          ids, tf.constant(1, tf.int64), message="video/labels ids must be >= 1"),
+      tf.debugging.assert_less_equal(
+          ids, tf.constant(num_classes, tf.int64),
+          message=f"video/labels ids must be <= num_classes={num_classes}")]):
+    return tf.one_hot(ids - 1, depth=num_classes, dtype=tf.float32)
+
+
 def _parse_specs(stream_dims):
   """(context, sequence) feature specs of the record for the given streams."""
   if not stream_dims:
@@ -200,14 +211,7 @@ def parse_sequence_example(serialized, stream_dims, num_classes=None):
         InputFields.num_segments: tf.size(labels, out_type=tf.int32),
     }
     if num_classes is not None:
-      ids = context[SEF.video_labels].values
-      with tf.control_dependencies([
-          tf.debugging.assert_greater_equal(
-              ids, tf.constant(1, tf.int64), message="video/labels ids must be >= 1"),
-          tf.debugging.assert_less_equal(
-              ids, tf.constant(num_classes, tf.int64),
-              message=f"video/labels ids must be <= num_classes={num_classes}")]):
-        one_hot = tf.one_hot(ids - 1, depth=num_classes, dtype=tf.float32)
+      one_hot = _video_label_one_hot(context[SEF.video_labels].values, num_classes)
       # Sum then clip (not max) so a video without labels gives zeros rather than -inf.
       decoded[InputFields.video_labels] = tf.minimum(tf.reduce_sum(one_hot, axis=0), 1.0)
   return decoded
@@ -259,14 +263,7 @@ def parse_sequence_example_batch(serialized, stream_dims, num_classes=None):
     }
     if num_classes is not None:
       video_labels = context[SEF.video_labels]
-      ids = video_labels.values
-      with tf.control_dependencies([
-          tf.debugging.assert_greater_equal(
-              ids, tf.constant(1, tf.int64), message="video/labels ids must be >= 1"),
-          tf.debugging.assert_less_equal(
-              ids, tf.constant(num_classes, tf.int64),
-              message=f"video/labels ids must be <= num_classes={num_classes}")]):
-        one_hot = tf.one_hot(ids - 1, depth=num_classes, dtype=tf.float32)
+      one_hot = _video_label_one_hot(video_labels.values, num_classes)
       summed = tf.math.unsorted_segment_sum(
           one_hot, tf.cast(video_labels.indices[:, 0], tf.int32), batch)
       decoded[InputFields.video_labels] = tf.minimum(summed, 1.0)
