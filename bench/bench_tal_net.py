@@ -155,7 +155,7 @@ def _flop_kwargs(config):
   m = config.model.tal_net
   dims = {s.name: s.dim for s in config.eval_input_reader.streams}
   scales = [int(s) for s in m.anchor_generator.multiscale_anchor_generator.scales]
-  variant = model_builder._SPN_VARIANTS[m.spn_variant]  # pylint: disable=protected-access
+  variant = tal_net_builder._SPN_VARIANTS[m.spn_variant]  # pylint: disable=protected-access
   if m.fusion == tal_net_pb2.TalNet.EARLY:
     stream_dims = (sum(dims[s] for s in m.streams),)
   else:

@@ -1,24 +1,75 @@
-"""The interface every tal_tf meta-architecture implements.
+"""The contract every tal_tf meta-architecture implements.
 
-Like the Object Detection API's `DetectionModel`, but ground truth is passed to `loss`
-explicitly (no `provide_groundtruth` state), and every method takes and returns batched,
-padded tensors with valid lengths so batches of more than one video work everywhere:
+Shared code (trainer, evaluator, exporter, inference) never reads a model's proto: it asks
+the built model object. A meta-architecture is a `tf.Module` (not a Keras Model: Keras'
+`predict`, `loss` and `compile` would collide with ours) that owns Keras layers and declares:
 
-  predictions = model.predict(features, num_steps, training)
-  losses      = model.loss(predictions, groundtruth)          # dict of scalars, incl. total
+  what it is:        num_classes, stream_names, max_detections
+  what it reads:     input_fields (InputFields keys beyond features / num_steps, parsed and
+                     padded by the input pipeline's field table), preprocess(inputs)
+  how it trains:     training_phases (ordered names), phase_variables(phase),
+                     loss(predictions, groundtruth, phase), begin_phase(phase, context),
+                     restore_map(checkpoint_type) for fine-tune checkpoints
+  what it outputs:   postprocess() returns the REQUIRED_OUTPUTS plus any of
+                     optional_outputs (e.g. proposals; AR@AN is computed when they exist)
+  how windows merge: window_merge (NMS thresholds / limits used when a long video is cut
+                     into overlapping windows at inference)
+
+The calls, on batched, padded tensors with valid lengths:
+
+  inputs      = model.preprocess(inputs)                       # batch dict -> batch dict
+  predictions = model.predict(features, num_steps, training, phase)
+  losses      = model.loss(predictions, groundtruth, phase)    # dict of scalars + total_loss
   detections  = model.postprocess(predictions, num_steps, feature_fps)
 
-`features` is a dict stream name -> float32 [B, T, D_stream]; `num_steps` is int32 [B].
+`features` is a dict stream name -> float32 [B, T, D_stream]; `num_steps` is int32 [B];
+`feature_fps` float32 [B]. Ground truth is passed to `loss` explicitly (no hidden state).
+See docs/DESIGN.md ("The meta-architecture contract") for the checklist to add one.
 """
 
 import abc
+import re
 
-import tf_keras
+import tensorflow as tf
+
+from tal_tf.core.standard_fields import DetectionFields
+from tal_tf.core.standard_fields import InputFields
+
+DEFAULT_PHASE = "train"
+
+# Outputs every model's postprocess returns (and every exported signature serves).
+REQUIRED_OUTPUTS = (
+    DetectionFields.detection_segments,   # float32 [B, N, 2] seconds
+    DetectionFields.detection_scores,     # float32 [B, N]
+    DetectionFields.detection_classes,    # int32 [B, N] label-map ids, 0 = padding
+    DetectionFields.num_detections,       # int32 [B]
+)
+
+# Ground-truth fields of a fully supervised detector.
+SEGMENT_GROUNDTRUTH = (InputFields.segments, InputFields.labels, InputFields.num_segments)
 
 
-class TemporalDetectionModel(tf_keras.Model, metaclass=abc.ABCMeta):
-  """Base class of meta-architectures (TAL-Net, and later S-CNN, WTAL, ETP)."""
+class TrainingContext:
+  """What a model may use in `begin_phase`: the training data, a cache folder, the phase's
+  first step and whether the phase is starting fresh (False when resuming inside it)."""
 
+  def __init__(self, dataset_fn, cache_dir, phase_start_step, fresh, strategy=None,
+               stream_dims=None):
+    """dataset_fn(is_training: bool, repeat: bool) -> tf.data.Dataset of padded batches
+    (the training records, read once when repeat is False); cache_dir: a folder inside
+    model_dir owned by the model (write atomically: a killed run may leave partial files)."""
+    self.dataset_fn = dataset_fn
+    self.cache_dir = cache_dir
+    self.phase_start_step = int(phase_start_step)
+    self.fresh = bool(fresh)
+    self.strategy = strategy
+    self.stream_dims = dict(stream_dims or {})
+
+
+class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
+  """Base class of meta-architectures (TAL-Net, S-CNN, WTAL, ETP)."""
+
+  # ------------------------------------------------------------------ what it is
   @property
   @abc.abstractmethod
   def num_classes(self):
@@ -29,29 +80,133 @@ class TemporalDetectionModel(tf_keras.Model, metaclass=abc.ABCMeta):
   def stream_names(self):
     """Names of the feature streams the model reads, in order."""
 
+  @property
+  def max_detections(self):
+    """Detections per video that postprocess returns at most (N)."""
+    return 100
+
+  # ------------------------------------------------------------------ what it reads
+  @property
+  def input_fields(self):
+    """InputFields keys the model needs in training besides features and num_steps."""
+    return SEGMENT_GROUNDTRUTH
+
+  def preprocess(self, inputs):
+    """Model-specific transform of a padded batch dict before `predict` (default: none)."""
+    return inputs
+
+  # ------------------------------------------------------------------ how it trains
+  @property
+  def training_phases(self):
+    """Ordered names of the training phases (one unless the method trains in stages)."""
+    return (DEFAULT_PHASE,)
+
+  def phase_variables(self, phase):
+    """Variables trained in `phase` (default: all trainable variables)."""
+    del phase
+    return list(self.trainable_variables)
+
+  def begin_phase(self, phase, context):
+    """Called before the first step of `phase` and when a run resumes inside it.
+
+    A stage-wise method prepares here what the phase needs (e.g. initializes a network from
+    another's weights when `context.fresh`, or caches the previous stage's proposals in
+    `context.cache_dir`). Default: nothing.
+    """
+    del phase, context
+
+  def restore_map(self, checkpoint_type="full"):
+    """{name: trackable} to restore from a fine-tune checkpoint of `checkpoint_type`.
+
+    "full" restores the whole model (a checkpoint written by the trainer or the exporter
+    stores it as `model`); models add their own types (e.g. "backbone").
+    """
+    if checkpoint_type in ("", "full", "model"):
+      return {"model": self}
+    raise ValueError(f"{type(self).__name__}: unknown fine_tune_checkpoint_type "
+                     f"{checkpoint_type!r}; expected 'full'")
+
   @abc.abstractmethod
-  def predict(self, features, num_steps, training=False):
+  def predict(self, features, num_steps, training=False, phase=None):
     """Raw network outputs (a dict of tensors) for a padded batch."""
 
   @abc.abstractmethod
-  def loss(self, predictions, groundtruth):
-    """Dict of scalar losses; key 'total_loss' is what the optimizer minimizes."""
+  def loss(self, predictions, groundtruth, phase=None):
+    """Dict of scalar losses of `phase`; key 'total_loss' is what the optimizer minimizes."""
 
+  def regularization_losses(self):
+    """Scalar losses of the model's Keras layers (kernel regularizers); [] if none."""
+    out = []
+    for layer in self._keras_layers():
+      out.extend(layer.losses)
+    return out
+
+  def _keras_layers(self):
+    """Top-level Keras layers owned by this module (their losses include sub-layers')."""
+    import tf_keras  # pylint: disable=g-import-not-at-top
+    found, seen = [], set()
+
+    def visit(value):
+      if isinstance(value, tf_keras.layers.Layer):
+        if id(value) not in seen:
+          seen.add(id(value))
+          found.append(value)
+      elif isinstance(value, (list, tuple)):
+        for v in value:
+          visit(v)
+      elif isinstance(value, dict):
+        for v in value.values():
+          visit(v)
+
+    for value in vars(self).values():
+      visit(value)
+    return found
+
+  # ------------------------------------------------------------------ what it outputs
   @abc.abstractmethod
   def postprocess(self, predictions, num_steps, feature_fps):
-    """Detections dict (DetectionFields keys), segments in seconds."""
+    """Detections dict: REQUIRED_OUTPUTS + optional_outputs, segments in seconds."""
 
-  def get_config(self):
-    """A description for Keras serialization; models are rebuilt from pipeline configs."""
-    return {"name": self.name, "num_classes": self.num_classes,
-            "stream_names": list(self.stream_names)}
+  @property
+  def optional_outputs(self):
+    """DetectionFields (or model-specific) keys postprocess returns beyond the required."""
+    return ()
 
-  @classmethod
-  def from_config(cls, config, custom_objects=None):
-    raise NotImplementedError(
-        "tal_tf models are built from a pipeline config (tal_tf.builders.model_builder."
-        "build), not from a Keras config")
+  @property
+  def output_fields(self):
+    """All keys of postprocess' dict, required first."""
+    return tuple(REQUIRED_OUTPUTS) + tuple(self.optional_outputs)
 
-  def call(self, inputs, training=False):
-    """Keras entry point: inputs = {'features': dict, 'num_steps': [B]} -> predictions."""
-    return self.predict(inputs["features"], inputs["num_steps"], training=training)
+  @property
+  def has_proposals(self):
+    """True when postprocess returns class-agnostic proposals (AR@AN is computed)."""
+    return DetectionFields.num_proposals in self.optional_outputs
+
+  @property
+  def window_merge(self):
+    """How detections of overlapping windows of one video merge at inference:
+    {nms_iou_threshold, max_detections, proposal_nms_iou_threshold, max_proposals}."""
+    return dict(nms_iou_threshold=0.5, max_detections=self.max_detections,
+                proposal_nms_iou_threshold=0.7, max_proposals=300)
+
+  # ------------------------------------------------------------------ helpers
+  def create_variables(self, stream_dims):
+    """Runs a one-step dummy batch through `predict` so every weight exists (restores are
+    then immediate and complete)."""
+    features = {s: tf.zeros([1, 1, int(stream_dims[s])]) for s in self.stream_names}
+    for phase in self.training_phases:
+      self.predict(features, tf.ones([1], tf.int32), training=False, phase=phase)
+
+
+def select_variables(variables, include=(), exclude=()):
+  """Variables whose names match any `include` regex (all if none) and no `exclude` regex."""
+  inc = [re.compile(p) for p in include]
+  exc = [re.compile(p) for p in exclude]
+  out = []
+  for v in variables:
+    if inc and not any(p.search(v.name) for p in inc):
+      continue
+    if any(p.search(v.name) for p in exc):
+      continue
+    out.append(v)
+  return out

@@ -129,6 +129,18 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
   def max_detections(self):
     return self._max_total
 
+  @property
+  def optional_outputs(self):
+    return (DetectionFields.proposal_segments, DetectionFields.proposal_scores,
+            DetectionFields.num_proposals)
+
+  @property
+  def window_merge(self):
+    # Windows merge with the second stage's NMS threshold; proposals with the SPN's.
+    return dict(nms_iou_threshold=self._second_nms_iou, max_detections=self._max_total,
+                proposal_nms_iou_threshold=self._first_nms_iou,
+                max_proposals=self._max_proposals)
+
   def _branch_inputs(self, features):
     """Per-branch feature maps [B, T, D]: one per stream (late) or their concat (early)."""
     missing = [s for s in self._stream_names if s not in features]
@@ -144,7 +156,7 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     """Anchors [T*K, 2] in feature steps for a padded length T."""
     return self._anchor_generator.generate(num_steps_padded)
 
-  def predict(self, features, num_steps, training=False):
+  def predict(self, features, num_steps, training=False, phase=None):
     """Runs both stages.
 
     Returns a dict with: anchors [N,2]; objectness_logits [B,N,2]; anchor_box_encodings
@@ -217,7 +229,7 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     n = float(len(logits))
     return tf.add_n(logits) / n, tf.add_n(encodings) / n
 
-  def loss(self, predictions, groundtruth):
+  def loss(self, predictions, groundtruth, phase=None):
     """Joint two-stage loss (supplementary Eq. 1): CE + lambda * smooth L1, both stages.
 
     `groundtruth` holds InputFields.segments [B,G,2] (feature steps), labels [B,G] (ids) and

@@ -173,7 +173,8 @@ class Trainer:
       predictions = model.predict(batch[InputFields.features], batch[InputFields.num_steps],
                                   training=True)
       losses = model.loss(predictions, groundtruth_from_batch(batch))
-      regularization = tf.add_n(model.losses) if model.losses else 0.0
+      reg_losses = model.regularization_losses()
+      regularization = tf.add_n(reg_losses) if reg_losses else 0.0
       total = losses["total_loss"] + regularization
       # Gradients are summed across replicas; scale so the update is the mean.
       scaled = total / self.strategy.num_replicas_in_sync
