@@ -39,8 +39,7 @@ last frame. Windows do not cross record boundaries (a long video's records are c
 Augmentation. Training: one random crop_size crop per clip (same position in all its
 frames), horizontal flip with probability 1/2 (`random_flip`, default on in training).
 Evaluation: the center crop. Frames smaller than the crop are first resized up (aspect
-kept). `crop_size=None` keeps whole frames. JPEG decoding and cropping are fused
-(`tf.image.decode_and_crop_jpeg`) and run in parallel map calls.
+kept). `crop_size=None` keeps whole frames. JPEG decoding runs in parallel map calls.
 
 Sharding follows `input_pipeline.build_dataset`: files per input pipeline
 (`input_context`), shuffled files and clips in training, files read in parallel with the
@@ -151,11 +150,14 @@ def _decode_clip(jpegs, height, width, crop_size, is_training, seed):
   crop_h, crop_w = crop_size
   fits = tf.logical_and(height >= crop_h, width >= crop_w)
 
-  def fused():
+  def fitting():
+    # Whole-frame decode then slice: tf.image.decode_and_crop_jpeg would skip some work
+    # but its chroma upsampling at the crop border differs from a full decode by a few
+    # levels, and crops must equal the frames any other reader sees.
+    frames = tf.map_fn(lambda j: tf.io.decode_jpeg(j, channels=3), jpegs,
+                       fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     y, x = _crop_window(height, width, crop_size, is_training, seed)
-    window = tf.stack([y, x, crop_h, crop_w])
-    return tf.map_fn(lambda j: tf.image.decode_and_crop_jpeg(j, window, channels=3), jpegs,
-                     fn_output_signature=tf.TensorSpec([crop_h, crop_w, 3], tf.uint8))
+    return frames[:, y:y + crop_h, x:x + crop_w]
 
   def upscaled():
     # Frames smaller than the crop: resize (aspect kept) so they cover it, then crop.
@@ -170,7 +172,7 @@ def _decode_clip(jpegs, height, width, crop_size, is_training, seed):
     y, x = _crop_window(new_h, new_w, crop_size, is_training, seed)
     return frames[:, y:y + crop_h, x:x + crop_w]
 
-  return tf.cond(fits, fused, upscaled)
+  return tf.cond(fits, fitting, upscaled)
 
 
 def make_clip(record, start, window, clip_frames, crop_size, is_training, random_flip,
@@ -291,20 +293,23 @@ def build_frame_dataset(file_pattern, batch_size, is_training, clip_frames=16,
   # One stateless seed pair per record (windows) and per clip (crop, flip): reproducible for
   # a given `seed` although clips are decoded in parallel.
   dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
-  dataset = dataset.map(lambda s, k: (parse_frame_record(s), k),
+  # The functions below use explicit tf.cond / tf.where only: skipping AutoGraph's source
+  # conversion saves seconds of tracing per pipeline.
+  plain = tf.autograph.experimental.do_not_convert
+  dataset = dataset.map(plain(lambda s, k: (parse_frame_record(s), k)),
                         num_parallel_calls=tf.data.AUTOTUNE)
 
   def windows(record, key):
     pairs = _windows(record, scales, is_training, int(clips_per_record), window_stride, key)
     # Clip i of the record gets the seed key + (i + 1, 0): distinct per clip and record.
-    return pairs.enumerate().map(
-        lambda i, p: (record, p[0], p[1], key + tf.stack([i + 1, tf.constant(0, tf.int64)])))
+    return pairs.enumerate().map(plain(
+        lambda i, p: (record, p[0], p[1], key + tf.stack([i + 1, tf.constant(0, tf.int64)]))))
 
-  dataset = dataset.flat_map(windows)
+  dataset = dataset.flat_map(plain(windows))
   dataset = dataset.map(
-      lambda record, start, window, key: make_clip(
+      plain(lambda record, start, window, key: make_clip(
           record, start, window, clip_frames, crop_size, is_training, random_flip, mean_rgb,
-          std_rgb, key),
+          std_rgb, key)),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle or seed is not None)
   if shuffle and int(shuffle_buffer) > 1:
     dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
