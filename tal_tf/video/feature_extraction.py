@@ -75,7 +75,7 @@ class GardenResNet:
     top = str(max(int(k) for k in self.model.output_specs))
     self.dim = int(self.model.output_specs[top][-1])
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     def embed(frames):
       x = (tf.cast(frames, tf.float32) - self._mean) / self._std
       endpoints = self.model(x, training=False)
@@ -83,7 +83,7 @@ class GardenResNet:
     self._embed = embed
 
   def __call__(self, frames):
-    return self._embed(frames).numpy()
+    return self._embed(np.asarray(frames, np.uint8)).numpy()
 
 
 def restore_backbone(backbone, path):
