@@ -1,0 +1,159 @@
+r"""Raw-video throughput and memory: decode + resize frames/s, feature extraction snippets/s,
+and peak memory (RSS) for a 2-hour video.
+
+  python bench/bench_video.py --work_dir=/tmp/bench_video [--json=bench/video_results.json]
+
+Videos are synthesized with tal_tf.video.synthetic (moving shapes, libx264):
+  * 5 minutes at 30 fps, 320x180: decode + resize to 171x128 (C3D) and to short side 256
+    (ResNet) at the source rate, each timed over the whole video; feature extraction
+    (ResNet-18 and ResNet-50 from Model Garden, random weights (speed does not depend on the
+    values), 224x224 crops, 16-frame snippets at 10 fps, 4 frames per snippet, rgb; and rgb +
+    DIS flow with ResNet-18) timed over the first --extract_seconds;
+  * 2 hours at 5 fps, 128x72 (a low rate and resolution keeps encoding time sane; decode memory
+    depends on the frame size, not on the length, which is what this measures): peak RSS of
+    a process decoding it all with resampling + resize, and of create_frame_records
+    converting it (2 fps, 171x128 JPEGs), each in its own process.
+The process count is what the machine has (TF and FFmpeg threads on all cores).
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+flags.DEFINE_string("work_dir", "/tmp/bench_video", "Where videos and outputs go.")
+flags.DEFINE_string("json", None, "Write the results here as JSON.")
+flags.DEFINE_float("extract_seconds", 20.0, "Seconds of the 5-minute video to extract.")
+flags.DEFINE_float("long_hours", 2.0, "Length of the long video (hours).")
+flags.DEFINE_string("measure", None, "Internal: run one memory measurement in this process.")
+FLAGS = flags.FLAGS
+
+
+def _video(path, seconds, fps, width, height):
+  from tal_tf.video import synthetic  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    start = time.time()
+    synthetic.write_video(path, int(seconds * fps), fps, width, height,
+                          actions=[(10.0, 20.0, 0)])
+    print(f"encoded {path} ({seconds:.0f} s at {fps} fps, {width}x{height}) in "
+          f"{time.time() - start:.0f} s", flush=True)
+  return path
+
+
+def _decode_rate(path, **kwargs):
+  from tal_tf.video import decoding  # pylint: disable=g-import-not-at-top
+  start = time.time()
+  n = 0
+  for _ in decoding.iter_frames(path, **kwargs):
+    n += 1
+  seconds = time.time() - start
+  return {"frames": n, "seconds": round(seconds, 2), "frames_per_s": round(n / seconds, 1)}
+
+
+def _extract_rate(path, seconds, streams, model_id):
+  from tal_tf.video import feature_extraction as fe  # pylint: disable=g-import-not-at-top
+  from tal_tf.video import synthetic  # pylint: disable=g-import-not-at-top
+  clip = os.path.join(os.path.dirname(path), f"first_{int(seconds)}s.mp4")
+  if not os.path.exists(clip):
+    # The first `seconds` of the same content, as its own file.
+    from tal_tf.video import decoding  # pylint: disable=g-import-not-at-top
+    info = decoding.probe(path)
+    synthetic.write_video(clip, int(seconds * info.fps), int(round(info.fps)), info.width,
+                          info.height, actions=[(10.0, 20.0, 0)])
+  spec = {"backbone": "resnet", "model_id": model_id, "random_init": True}
+  extractor = fe.FeatureExtractor.from_spec(fe.spec_for(
+      {s: spec for s in streams}, fps=10, snippet_frames=16, frames_per_snippet=4,
+      input_size=224, batch_snippets=8))
+  extractor.extract(clip)  # Warm-up: traces the backbone once.
+  start = time.time()
+  out = extractor.extract(clip)
+  elapsed = time.time() - start
+  steps = next(iter(out.values())).shape[0]
+  return {"streams": list(streams), "model_id": model_id, "snippets": steps,
+          "seconds": round(elapsed, 2), "snippets_per_s": round(steps / elapsed, 2),
+          "video_seconds_per_s": round(seconds / elapsed, 2)}
+
+
+def _measure(kind, path, work_dir):
+  """Runs one long-video job in this process and prints its peak RSS (MiB) as JSON."""
+  start = time.time()
+  if kind == "decode":
+    from tal_tf.video import decoding  # pylint: disable=g-import-not-at-top
+    n = sum(1 for _ in decoding.iter_frames(path, fps=5, size=(171, 128)))
+    detail = {"frames": n}
+  else:
+    from tal_tf.dataset_tools import create_frame_records  # pylint: disable=g-import-not-at-top
+    annotations = os.path.join(work_dir, "long.json")
+    from tal_tf.video import decoding  # pylint: disable=g-import-not-at-top
+    duration = decoding.probe(path).duration
+    with open(annotations, "w") as f:
+      json.dump({"database": {"long": {"subset": "test", "duration": duration,
+                                       "annotations": [{"segment": [10.0, 20.0],
+                                                        "label": "A"}]}}}, f)
+    os.makedirs(os.path.join(work_dir, "long_videos"), exist_ok=True)
+    link = os.path.join(work_dir, "long_videos", "long.mp4")
+    if not os.path.exists(link):
+      os.symlink(path, link)
+    summary = create_frame_records.convert_videos(
+        os.path.join(work_dir, "long_videos"), annotations,
+        os.path.join(work_dir, "long_records", "frames"), os.path.join(work_dir, "long.pbtxt"),
+        fps=2.0, size=(171, 128), progress_stream=None)
+    detail = {"frames": summary["num_frames"], "records": summary["num_records"]}
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  print(json.dumps(dict(detail, peak_rss_mib=round(peak_mib, 1),
+                        seconds=round(time.time() - start, 1))))
+
+
+def _measure_in_subprocess(kind, path, work_dir):
+  out = subprocess.run([sys.executable, os.path.abspath(__file__), f"--measure={kind}",
+                        f"--work_dir={work_dir}", f"--json={path}"],
+                       check=True, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+  work = FLAGS.work_dir
+  os.makedirs(work, exist_ok=True)
+  if FLAGS.measure:
+    _measure(FLAGS.measure, FLAGS.json, work)
+    return
+  cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+  model = next((l.split(":", 1)[1].strip() for l in cpu.splitlines()
+                if l.startswith("Model name")), "unknown")
+  results = {"cpu": model, "cores": os.cpu_count()}
+  five = _video(os.path.join(work, "five_min_30fps.mp4"), 300, 30, 320, 180)
+  results["decode_resize_171x128"] = _decode_rate(five, size=(171, 128))
+  results["decode_resize_short256"] = _decode_rate(five, short_side=256)
+  results["decode_resample_10fps_short256"] = _decode_rate(five, fps=10, short_side=256)
+  print(json.dumps(results, indent=1), flush=True)
+  results["extract_resnet18_rgb"] = _extract_rate(five, FLAGS.extract_seconds, ["rgb"], 18)
+  print(json.dumps(results["extract_resnet18_rgb"]), flush=True)
+  results["extract_resnet18_rgb_flow"] = _extract_rate(five, FLAGS.extract_seconds,
+                                                       ["rgb", "flow"], 18)
+  print(json.dumps(results["extract_resnet18_rgb_flow"]), flush=True)
+  results["extract_resnet50_rgb"] = _extract_rate(five, FLAGS.extract_seconds, ["rgb"], 50)
+  print(json.dumps(results["extract_resnet50_rgb"]), flush=True)
+  long_path = _video(os.path.join(work, "long_5fps.mp4"), FLAGS.long_hours * 3600, 5, 128, 72)
+  results["long_video"] = {"hours": FLAGS.long_hours, "fps": 5, "size": "128x72"}
+  results["long_decode_peak"] = _measure_in_subprocess("decode", long_path, work)
+  print(json.dumps(results["long_decode_peak"]), flush=True)
+  results["long_frame_records_peak"] = _measure_in_subprocess("records", long_path, work)
+  print(json.dumps(results, indent=1))
+  if FLAGS.json:
+    with open(FLAGS.json, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
