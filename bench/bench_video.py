@@ -18,7 +18,6 @@ The process count is what the machine has (TF and FFmpeg threads on all cores).
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -82,6 +81,16 @@ def _extract_rate(path, seconds, streams, model_id):
           "video_seconds_per_s": round(seconds / elapsed, 2)}
 
 
+def _peak_rss_mib():
+  """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux keeps that across
+  execve, so a child would report its (large, TensorFlow-holding) parent's peak."""
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith("VmHWM:"):
+        return int(line.split()[1]) / 1024.0
+  return float("nan")
+
+
 def _measure(kind, path, work_dir):
   """Runs one long-video job in this process and prints its peak RSS (MiB) as JSON."""
   start = time.time()
@@ -91,23 +100,25 @@ def _measure(kind, path, work_dir):
     detail = {"frames": n}
   else:
     from tal_tf.dataset_tools import create_frame_records  # pylint: disable=g-import-not-at-top
-    annotations = os.path.join(work_dir, "long.json")
+    name = os.path.splitext(os.path.basename(path))[0]
+    annotations = os.path.join(work_dir, name + ".json")
     from tal_tf.video import decoding  # pylint: disable=g-import-not-at-top
     duration = decoding.probe(path).duration
     with open(annotations, "w") as f:
-      json.dump({"database": {"long": {"subset": "test", "duration": duration,
+      json.dump({"database": {name: {"subset": "test", "duration": duration,
                                        "annotations": [{"segment": [10.0, 20.0],
                                                         "label": "A"}]}}}, f)
-    os.makedirs(os.path.join(work_dir, "long_videos"), exist_ok=True)
-    link = os.path.join(work_dir, "long_videos", "long.mp4")
+    videos = os.path.join(work_dir, name + "_videos")
+    os.makedirs(videos, exist_ok=True)
+    link = os.path.join(videos, name + ".mp4")
     if not os.path.exists(link):
       os.symlink(path, link)
     summary = create_frame_records.convert_videos(
-        os.path.join(work_dir, "long_videos"), annotations,
-        os.path.join(work_dir, "long_records", "frames"), os.path.join(work_dir, "long.pbtxt"),
-        fps=2.0, size=(171, 128), progress_stream=None)
+        videos, annotations, os.path.join(work_dir, name + "_records", "frames"),
+        os.path.join(work_dir, name + ".pbtxt"), fps=2.0, size=(171, 128),
+        progress_stream=None)
     detail = {"frames": summary["num_frames"], "records": summary["num_records"]}
-  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+  peak_mib = _peak_rss_mib()
   print(json.dumps(dict(detail, peak_rss_mib=round(peak_mib, 1),
                         seconds=round(time.time() - start, 1))))
 
@@ -147,8 +158,10 @@ def main(argv):
   long_path = _video(os.path.join(work, "long_5fps.mp4"), FLAGS.long_hours * 3600, 5, 128, 72)
   results["long_video"] = {"hours": FLAGS.long_hours, "fps": 5, "size": "128x72"}
   results["long_decode_peak"] = _measure_in_subprocess("decode", long_path, work)
+  results["short_decode_peak"] = _measure_in_subprocess("decode", five, work)
   print(json.dumps(results["long_decode_peak"]), flush=True)
   results["long_frame_records_peak"] = _measure_in_subprocess("records", long_path, work)
+  results["short_frame_records_peak"] = _measure_in_subprocess("records", five, work)
   print(json.dumps(results, indent=1))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:
