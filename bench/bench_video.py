@@ -5,7 +5,9 @@ and peak memory (RSS) for a 2-hour video.
 
 Videos are synthesized with tal_tf.video.synthetic (moving shapes, libx264):
   * 5 minutes at 30 fps, 320x180: decode + resize to 171x128 (C3D) and to short side 256
-    (ResNet) at the source rate, each timed over the whole video; feature extraction
+    (ResNet) at the source rate, each timed over the whole video; the frame input pipeline
+    (frame records at 25 fps 171x128 -> 16-frame 112x112 C3D clips, clips/s); feature
+    extraction
     (ResNet-18 and ResNet-50 from Model Garden, random weights (speed does not depend on the
     values), 224x224 crops, 16-frame snippets at 10 fps, 4 frames per snippet, rgb; and rgb +
     DIS flow with ResNet-18) timed over the first --extract_seconds;
@@ -32,7 +34,8 @@ flags.DEFINE_string("work_dir", "/tmp/bench_video", "Where videos and outputs go
 flags.DEFINE_string("json", None, "Write the results here as JSON.")
 flags.DEFINE_float("extract_seconds", 20.0, "Seconds of the 5-minute video to extract.")
 flags.DEFINE_float("long_hours", 2.0, "Length of the long video (hours).")
-flags.DEFINE_string("measure", None, "Internal: run one memory measurement in this process.")
+flags.DEFINE_string("measure", None, "Internal: run one measurement in this process "
+                    "(decode / records: peak RSS; pipeline: frame pipeline rate).")
 FLAGS = flags.FLAGS
 
 
@@ -79,6 +82,45 @@ def _extract_rate(path, seconds, streams, model_id):
   return {"streams": list(streams), "model_id": model_id, "snippets": steps,
           "seconds": round(elapsed, 2), "snippets_per_s": round(steps / elapsed, 2),
           "video_seconds_per_s": round(seconds / elapsed, 2)}
+
+
+def _frame_pipeline_rate(video, work_dir, batches=30):
+  """Clips/s of frame_pipeline (16-frame C3D clips, 112x112 random crops, flips, mean) over
+  frame records of `video` written at 25 fps, 171x128."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tal_tf.data import frame_pipeline  # pylint: disable=g-import-not-at-top
+  from tal_tf.dataset_tools import create_frame_records  # pylint: disable=g-import-not-at-top
+  from tal_tf.video import decoding  # pylint: disable=g-import-not-at-top
+  prefix = os.path.join(work_dir, "c3d_records", "frames")
+  if not tf.io.gfile.glob(prefix + "-*.tfrecord"):
+    name = os.path.splitext(os.path.basename(video))[0]
+    annotations = os.path.join(work_dir, name + "_c3d.json")
+    with open(annotations, "w") as f:
+      json.dump({"database": {name: {"subset": "train",
+                                     "duration": decoding.probe(video).duration,
+                                     "annotations": [{"segment": [10.0, 20.0],
+                                                      "label": "A"}]}}}, f)
+    videos = os.path.join(work_dir, name + "_c3d_videos")
+    os.makedirs(videos, exist_ok=True)
+    if not os.path.exists(os.path.join(videos, name + ".mp4")):
+      os.symlink(video, os.path.join(videos, name + ".mp4"))
+    create_frame_records.convert_videos(videos, annotations, prefix,
+                                        os.path.join(work_dir, "c3d.pbtxt"), num_shards=2,
+                                        fps=25.0, size=(171, 128), progress_stream=None)
+  dataset = frame_pipeline.build_frame_dataset(
+      prefix + "-*.tfrecord", batch_size=8, is_training=True, clip_frames=16,
+      window_frames=(16, 32, 64), clips_per_record=8, crop_size=(112, 112),
+      mean_rgb=frame_pipeline.C3D_MEAN_RGB, seed=0)
+  iterator = iter(dataset)
+  next(iterator)  # Warm-up (tracing, first reads).
+  start = time.time()
+  for _ in range(batches):
+    next(iterator)
+  elapsed = time.time() - start
+  clips = batches * 8
+  return {"clips": clips, "seconds": round(elapsed, 2),
+          "clips_per_s": round(clips / elapsed, 1),
+          "frames_per_s": round(clips * 16 / elapsed, 1)}
 
 
 def _peak_rss_mib():
@@ -136,6 +178,9 @@ def main(argv):
   os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
   work = FLAGS.work_dir
   os.makedirs(work, exist_ok=True)
+  if FLAGS.measure == "pipeline":
+    print(json.dumps(_frame_pipeline_rate(FLAGS.json, work)))
+    return
   if FLAGS.measure:
     _measure(FLAGS.measure, FLAGS.json, work)
     return
@@ -148,6 +193,9 @@ def main(argv):
   results["decode_resize_short256"] = _decode_rate(five, short_side=256)
   results["decode_resample_10fps_short256"] = _decode_rate(five, fps=10, short_side=256)
   print(json.dumps(results, indent=1), flush=True)
+  results["frame_pipeline_c3d"] = _frame_pipeline_rate(
+      five, work)
+  print(json.dumps(results["frame_pipeline_c3d"]), flush=True)
   results["extract_resnet18_rgb"] = _extract_rate(five, FLAGS.extract_seconds, ["rgb"], 18)
   print(json.dumps(results["extract_resnet18_rgb"]), flush=True)
   results["extract_resnet18_rgb_flow"] = _extract_rate(five, FLAGS.extract_seconds,
