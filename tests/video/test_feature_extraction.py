@@ -144,3 +144,23 @@ def test_cli_writes_resumes_and_skips(videos, tmp_path):
                               specs=spec["streams"])
   with pytest.raises(ValueError, match="other settings"):
     extract_features.extract_videos(str(folder), out, other, progress_stream=None)
+
+
+class _ClipMean:
+  """A stand-in video backbone: [S, L, H, W, 3] -> per-snippet channel means [S, 3]."""
+  input_kind = "clip"
+  dim = 3
+
+  def __call__(self, clips):
+    return np.asarray(clips, np.float32).mean(axis=(1, 2, 3))
+
+
+def test_clip_backbones_get_whole_snippets(videos):
+  extractor = fe.FeatureExtractor({"rgb": _ClipMean()}, fps=10, snippet_frames=4,
+                                  frames_per_snippet=4, input_size=SIZE, batch_snippets=2)
+  path = videos["h264"]["path"]   # 2 s -> 20 frames at 10 fps -> 5 snippets.
+  out = extractor.extract(path)["rgb"]
+  _, frames = decoding.decode_all(path, fps=10, short_side=round(SIZE * 256 / 224))
+  crops = np.stack([fe.center_crop(f, SIZE) for f in frames]).astype(np.float32)
+  expected = crops.reshape(5, 4, SIZE, SIZE, 3).mean(axis=(1, 2, 3))
+  np.testing.assert_allclose(out, expected, rtol=1e-5)
