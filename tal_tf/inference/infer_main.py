@@ -63,7 +63,8 @@ def define_flags(flag_values=flags.FLAGS):
                       "extract_features beside the training features (with --video).",
                       flag_values=fv)
   flags.DEFINE_string("timeline_png", None, "Optional PNG of the detections over each "
-                      "video's time axis.", flag_values=fv)
+                      "video's time axis (with the ground truth of --annotations if given).",
+                      flag_values=fv)
   flags.DEFINE_float("feature_fps", None, "Feature steps per second (--features and "
                      "--hdf5_features; TFRecords carry their own).", flag_values=fv)
   flags.DEFINE_string("annotations", None, "Annotation JSON; with --subset, only that "
@@ -204,8 +205,12 @@ def run(fv):
   eval_io.write_results(fv.output, results)
   if fv.timeline_png and results:
     from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+    groundtruth = None
+    if getattr(fv, "annotations", None):
+      groundtruth = eval_io.load_annotations(fv.annotations, subset=fv.subset)
     video_source.write_timeline_png(fv.timeline_png, results,
-                                    getattr(source, "durations", None))
+                                    getattr(source, "durations", None),
+                                    groundtruth=groundtruth)
   if fv.proposals_output and not detector.model_info.get("has_proposals", True):
     raise app.UsageError("--proposals_output: this model has no proposals")
   if fv.proposals_output:

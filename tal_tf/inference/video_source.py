@@ -53,17 +53,21 @@ class VideoSource:
       yield video_id, feature_sources.Video(video_id, num_steps, fps, read, path)
 
 
-def write_timeline_png(path, results_by_video, durations=None, top_k=10):
+def write_timeline_png(path, results_by_video, durations=None, top_k=10,
+                       groundtruth=None):
   """Draws each video's top_k detections over its time axis into a PNG at `path`.
 
   results_by_video: {video_id: {segments [N, 2] s, labels [N], scores [N]}} (what
-  `inference_lib.to_results` returns); durations: {video_id: seconds} for the axis.
+  `inference_lib.to_results` returns); durations: {video_id: seconds} for the axis;
+  groundtruth: optional {video_id: {segments, labels}} (evaluation.io.load_annotations) drawn
+  in the row above.
   """
   from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import visualization  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
   video_ids = sorted(results_by_video)
-  picture = visualization.plot_detection_timelines({}, results_by_video, video_ids,
+  picture = visualization.plot_detection_timelines(groundtruth or {}, results_by_video,
+                                                   video_ids,
                                                    top_k=top_k, durations=durations)
   with atomic_files.atomic_output(path) as tmp:
     mpimg.imsave(tmp, picture, format="png")

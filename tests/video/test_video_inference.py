@@ -51,9 +51,15 @@ def setup(tmp_path_factory):
 def test_video_folder_to_results_and_timeline(setup, tmp_path):
   output = str(tmp_path / "results.json")
   png = str(tmp_path / "timeline.png")
+  annotations = tmp_path / "gt.json"   # Ground truth drawn above the detections.
+  annotations.write_text(json.dumps({"database": {
+      f"movie_{i}": {"subset": "test", "duration": d,
+                     "annotations": [{"segment": [1.0, 3.0], "label": "Run"}]}
+      for i, d in enumerate((6.0, 4.0))}}))
   result = infer_main.run(_flags(
       infer_main, f"--saved_model_dir={setup['export_dir']}", f"--video={setup['videos']}",
-      f"--feature_extractor={setup['spec']}", f"--output={output}", f"--timeline_png={png}"))
+      f"--feature_extractor={setup['spec']}", f"--output={output}", f"--timeline_png={png}",
+      f"--annotations={annotations}", "--subset=test"))
   assert sorted(result.detections) == ["movie_0", "movie_1"] and not result.skipped
 
   # Independent path: the same detector on the features extract_features wrote.
