@@ -139,6 +139,8 @@ class Trainer:
     self.config = config
     self.model_dir = model_dir
     train_config = config.train_config
+    # Configs built in code skip load_pipeline_config; their numbers are checked here.
+    config_util.check_numeric_fields(config)
     tf.io.gfile.makedirs(model_dir)
     self.strategy = build_strategy(train_config.distribution_strategy)
     if train_config.seed:
