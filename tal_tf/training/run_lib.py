@@ -8,6 +8,7 @@ import tensorflow as tf
 from tal_tf.builders import model_builder
 from tal_tf.training import eval_lib
 from tal_tf.training import train_lib
+from tal_tf.utils import config_util
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 
@@ -49,6 +50,10 @@ def run(config, model_dir, mode, num_train_steps=None, checkpoint=None):
   """Runs `mode` for `config` in `model_dir`; returns the last metrics dict (or None)."""
   if mode not in MODES:
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
+  if mode != "train" and config.HasField("eval_input_reader"):
+    # The trainer checks the training data; evaluation's is checked before it starts too.
+    config_util.check_config_against_data(config, model_builder.build(config.model).num_classes,
+                                          reader_names=("eval_input_reader",))
   if mode in ("train", "train_and_eval"):
     trainer = train_lib.Trainer(config, model_dir, num_train_steps)
     evaluate_fn = None

@@ -149,6 +149,8 @@ class Trainer:
     with self.strategy.scope():
       self.model = model_builder.build(config.model)
       config_util.check_model_streams(config, self.model.stream_names)
+      # Before any graph: class count vs label map, streams and dims vs the records.
+      config_util.check_config_against_data(config, self.model.num_classes)
       specs, self.num_train_steps = train_phase_builder.build(
           train_config, self.model.training_phases, num_train_steps)
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")

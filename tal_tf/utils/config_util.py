@@ -16,6 +16,13 @@ from tal_tf.protos import validation_pb2
 
 PIPELINE_CONFIG_NAME = "pipeline.config"
 
+_FD = descriptor.FieldDescriptor
+INTEGER_TYPES = frozenset([_FD.TYPE_INT32, _FD.TYPE_INT64, _FD.TYPE_UINT32, _FD.TYPE_UINT64,
+                           _FD.TYPE_SINT32, _FD.TYPE_SINT64, _FD.TYPE_FIXED32,
+                           _FD.TYPE_FIXED64, _FD.TYPE_SFIXED32, _FD.TYPE_SFIXED64])
+FLOAT_TYPES = frozenset([_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE])
+NUMERIC_TYPES = INTEGER_TYPES | FLOAT_TYPES
+
 
 class ConfigError(ValueError):
   """A pipeline config is malformed or inconsistent."""
@@ -59,9 +66,9 @@ def load_pipeline_config(path, override=None, validate=True):
 def merge_override(config, override_text):
   """Merges text proto `override_text` over `config` in place.
 
-  Scalars are replaced, messages merged recursively, and a repeated field named in the
-  override replaces the file's list (so `input_path: "x"` points training somewhere else
-  instead of adding a second path).
+  Scalars are replaced, messages merged recursively, maps merged key by key, and a repeated
+  field named in the override replaces the file's list (so `input_path: "x"` points training
+  somewhere else instead of adding a second path).
   """
   override = _parse_text(override_text, type(config)(), "--config_override")
   _merge_replacing_repeated(config, override)
@@ -107,7 +114,15 @@ def _clear_path(message, path):
 
 def _merge_replacing_repeated(target, source):
   for field, value in source.ListFields():
-    if field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+    if field.type == _FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+      # A map is merged key by key (`params { key: "k" value: "v" }` changes one entry).
+      target_map = getattr(target, field.name)
+      for key in value:
+        if field.message_type.fields_by_name["value"].type == _FD.TYPE_MESSAGE:
+          target_map[key].CopyFrom(value[key])
+        else:
+          target_map[key] = value[key]
+    elif field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
       target.ClearField(field.name)
       getattr(target, field.name).extend(value)
     elif field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
@@ -124,14 +139,6 @@ def _merge_replacing_repeated(target, source):
 def _require(condition, source, field, message):
   if not condition:
     raise ConfigError(f"{source}: field {field}: {message}")
-
-
-_FD = descriptor.FieldDescriptor
-INTEGER_TYPES = frozenset([_FD.TYPE_INT32, _FD.TYPE_INT64, _FD.TYPE_UINT32, _FD.TYPE_UINT64,
-                           _FD.TYPE_SINT32, _FD.TYPE_SINT64, _FD.TYPE_FIXED32,
-                           _FD.TYPE_FIXED64, _FD.TYPE_SFIXED32, _FD.TYPE_SFIXED64])
-FLOAT_TYPES = frozenset([_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE])
-NUMERIC_TYPES = INTEGER_TYPES | FLOAT_TYPES
 
 
 def numeric_rule(field):
@@ -275,6 +282,27 @@ def check_model_streams(config, stream_names, source="<config>"):
       _require(stream in available, source, f"{name}.streams",
                f"the model reads stream {stream!r}, which is not declared here (declared: "
                f"{available})")
+
+
+def check_config_against_data(config, num_classes, reader_names=("train_input_reader",)):
+  """Checks each named input reader against its files before any graph is built: the label
+  map names ids 1..num_classes exactly, and the first record of every input file holds the
+  declared streams with the declared dims (and label ids within 1..num_classes).
+
+  Raises data_checks.DataMismatchError (or label_map_util.LabelMapError) naming the file.
+  """
+  from tal_tf.data import data_checks  # pylint: disable=g-import-not-at-top
+  arch = config.model.WhichOneof("model")
+  for name in reader_names:
+    if not config.HasField(name):
+      continue
+    reader = getattr(config, name)
+    if reader.label_map_path:
+      data_checks.check_label_map(reader.label_map_path, int(num_classes),
+                                  field=f"{name}.label_map_path",
+                                  num_classes_field=f"model.{arch}.num_classes")
+    data_checks.check_first_records(reader.input_path, stream_dims(reader), int(num_classes),
+                                    field=name, skip_corrupt=reader.skip_corrupt_records)
 
 
 def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):
