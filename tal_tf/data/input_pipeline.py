@@ -10,9 +10,12 @@ bytes of the records it yields (TFRecord framing: 16 bytes + payload per record)
 compares the total with the file size when the file ends. A file whose read stops early
 (bad CRC, cut length, truncation) fails with an InvalidArgumentError naming the file
 (TensorFlow's own DataLossError does not name it). With `skip_corrupt=True` the rest of
-such a file is skipped instead (records before the damage have already been used), a line
-naming the file is printed to stderr, and `corrupt_counter` (a tf.Variable int64 scalar,
-also available as `dataset.corrupt_counter`) is incremented once per damaged file read.
+such a file is skipped instead (records before the damage have already been used) and a
+line naming the file is printed to stderr each time it is read. A caller that wants a count
+passes `corrupt_counter` (a tf.Variable int64 scalar, see `make_corrupt_counter`, also
+available as `dataset.corrupt_counter`), incremented once per damaged file read. Without one
+the pipeline holds no variable, so its iterator can be saved in a checkpoint (the trainer's
+input position): an iterator whose functions assign a variable cannot be serialized.
 """
 
 import sys
@@ -67,8 +70,10 @@ def checked_records(filename, file_size, skip_corrupt, corrupt_counter):
         printed = tf.print("Skipping the rest of corrupt or truncated TFRecord file", filename,
                            "(read", consumed, "of", file_size, "bytes)",
                            output_stream=sys.stderr)
-        counted = corrupt_counter.assign_add(1)
-        with tf.control_dependencies([printed, counted]):
+        effects = [printed]
+        if corrupt_counter is not None:
+          effects.append(corrupt_counter.assign_add(1))
+        with tf.control_dependencies(effects):
           return tf.constant(1, tf.int64)
       done = tf.cond(intact, lambda: tf.constant(0, tf.int64), report)
       with tf.control_dependencies([done]):
@@ -128,8 +133,9 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
       per-replica batch size.
     repeat: repeat forever; defaults to is_training.
     seed: seed for file/record shuffling and cropping (deterministic given the seed).
-    corrupt_counter: tf.Variable int64 scalar incremented per skipped file (skip_corrupt);
-      created when None and exposed as `dataset.corrupt_counter`.
+    corrupt_counter: optional tf.Variable int64 scalar incremented per skipped file
+      (skip_corrupt), exposed as `dataset.corrupt_counter`; its iterator then cannot be
+      checkpointed (see the module doc), so training passes none.
   Returns:
     tf.data.Dataset of dicts (InputFields keys): features {stream: [B, T, D]}, num_steps [B],
     groundtruth_segments / _seconds [B, G, 2] (window coordinates), groundtruth_labels
@@ -150,8 +156,6 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     repeat = is_training
   files = list_files(file_pattern)
   sizes = [tf.io.gfile.stat(f).length for f in files]
-  if skip_corrupt and corrupt_counter is None:
-    corrupt_counter = make_corrupt_counter()
 
   per_replica_batch = int(batch_size)
   dataset = tf.data.Dataset.from_tensor_slices(
@@ -223,6 +227,5 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
   dataset = dataset.padded_batch(per_replica_batch, padded_shapes=padded_shapes,
                                  drop_remainder=bool(is_training))
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
-  if corrupt_counter is not None:
-    dataset.corrupt_counter = corrupt_counter
+  dataset.corrupt_counter = corrupt_counter if skip_corrupt else None
   return dataset
