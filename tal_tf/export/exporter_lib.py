@@ -279,6 +279,16 @@ class DetectionModule(tf.Module):
     }
     sequence_spec = {SEF.feature_key(s): tf.io.FixedLenSequenceFeature([d], tf.float32)
                      for s, d in self._stream_dims.items()}
+    # The signature declares [B], but a C++ client can feed any rank; the parser would then
+    # fail (or, for a scalar, silently return unbatched values) without naming the input.
+    # A raw Shape op keeps the check in the graph (a static rank would be folded away).
+    shape = tf.raw_ops.Shape(input=examples, out_type=tf.int32)
+    rank_check = tf.debugging.Assert(
+        tf.equal(tf.raw_ops.Size(input=shape, out_type=tf.int32), 1),
+        [f"input {EXAMPLES_INPUT} must be string [batch] (serialized SequenceExamples); got "
+         "shape", shape], name=f"check_rank_{EXAMPLES_INPUT}")
+    with tf.control_dependencies([rank_check]):
+      examples = tf.identity(examples)
     # The batched parser pads every feature list to the longest in the batch and reports
     # each list's length, which is exactly the padded layout `detect` takes.
     context, sequences, lengths = tf.io.parse_sequence_example(
