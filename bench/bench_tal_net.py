@@ -150,7 +150,7 @@ def _load_config(path, override=None):
 
 def _flop_kwargs(config):
   """Arguments of bench_flops.tal_net_flops matching a TAL-Net model config."""
-  from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import tal_net_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.protos import tal_net_pb2  # pylint: disable=g-import-not-at-top
   m = config.model.tal_net
   dims = {s.name: s.dim for s in config.eval_input_reader.streams}
@@ -167,7 +167,8 @@ def _flop_kwargs(config):
       num_bins=m.soi_num_bins, num_classes=m.num_classes,
       reduce_dim=m.feature_reduction_dim,
       spn_kwargs=dict(scales=tuple(scales), variant=variant, use_context=m.spn_context,
-                      filters=m.num_filters),
+                      filters=m.num_filters,
+                      rounding=tal_net_builder._SPN_TOWER_PLANS[m.spn_tower_plan]),
       classifier_kwargs=dict(reduce_filters=m.feature_reduction_dim, fc_units=m.num_filters))
 
 

@@ -21,6 +21,12 @@ _SPN_VARIANTS = {
     tal_net_pb2.TalNet.SINGLE: "single",
 }
 
+_SPN_TOWER_PLANS = {
+    tal_net_pb2.TalNet.EXACT_SPAN: "exact",
+    tal_net_pb2.TalNet.ODD_SPAN: "odd",
+    tal_net_pb2.TalNet.PAPER_LITERAL: "paper",
+}
+
 # TAL-Net supplementary Sec. 1: anchors positive above 0.7, negative below 0.3, each ground
 # truth forced to a positive; proposals foreground above 0.5, background otherwise.
 _DEFAULT_FIRST_MATCHER = matcher_pb2.Matcher(argmax_matcher=matcher_pb2.ArgMaxMatcher(
@@ -54,6 +60,12 @@ def build_tal_net(config):
       config.second_stage_sampler if config.HasField("second_stage_sampler")
       else _second_sampler_default())
   variant = _SPN_VARIANTS[config.spn_variant]
+  if (config.HasField("spn_tower_plan") and config.spn_tower_plan != tal_net_pb2.TalNet.EXACT_SPAN
+      and variant != "multi_dilated"):
+    raise ValueError(f"tal_net.spn_tower_plan: "
+                     f"{tal_net_pb2.TalNet.SpnTowerPlan.Name(config.spn_tower_plan)} only applies "
+                     f"to spn_variant MULTI_DILATED; got spn_variant "
+                     f"{tal_net_pb2.TalNet.TowerVariant.Name(config.spn_variant)}")
 
   def branch_builder(branch):
     safe = branch.replace("+", "_")
@@ -61,7 +73,8 @@ def build_tal_net(config):
         filters=config.feature_reduction_dim, name=f"{safe}_reducer")
     spn = segment_proposal_network.SegmentProposalNetwork(
         scales=scales, variant=variant, use_context=config.spn_context,
-        filters=config.num_filters, name=f"{safe}_spn")
+        filters=config.num_filters, rounding=_SPN_TOWER_PLANS[config.spn_tower_plan],
+        name=f"{safe}_spn")
     head = tal_net_classifier.SoiClassifierHead(
         num_classes=config.num_classes, reduce_filters=config.feature_reduction_dim,
         fc_units=config.num_filters, dropout_rate=config.dropout_rate,

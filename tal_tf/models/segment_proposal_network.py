@@ -43,6 +43,13 @@ half of the two neighbours; no set of n whole steps is centred on it. With round
 output t sees steps [t - n/2 + 1, t + n/2] (a half-step shift). rounding='odd' uses the
 smallest odd RF >= n (n + 1 for even n), symmetric around t, covering every step the anchor
 touches. Odd n is centred exactly in both modes.
+
+rounding='paper' is the paper's plan taken literally, for comparison: with span n (s, or 2s
+with context) and u = n/6, pool = r1 = max(1, round(u)) and r2 = 2 * r1 (half-up rounding of
+u; r2 is kept at exactly twice r1, as the paper writes r2 = (s/6) x 2), two kernel-3 convs
+for every scale. Its receptive field is 7 * r1 (7n/6 when 6 divides n; for small spans much
+more, e.g. 7 steps for a 1-step anchor without context); when r1 is even the pool kernel is
+even and, as in 'exact', the extra step falls on the right.
 """
 import collections
 
@@ -53,7 +60,7 @@ from tal_tf.models import layer_config
 
 DEFAULT_SCALES = (1, 2, 3, 4, 5, 6, 8, 11, 16)
 VARIANTS = ("multi_dilated", "multi_tconv", "single_tconv", "single")
-ROUNDINGS = ("exact", "odd")
+ROUNDINGS = ("exact", "odd", "paper")
 
 # pool_size: max-pooling kernel (1 = no pooling layer); kernel_sizes / dilation_rates: the two
 # temporal convs, in order.
@@ -85,6 +92,14 @@ def anchor_span(scale, use_context):
   return 2 * scale if use_context else scale
 
 
+def paper_tower_plan(span):
+  """The paper's literal TowerPlan for `span`: pool = r1 = max(1, round(span/6)), r2 = 2 * r1."""
+  _check_positive_int("span", span)
+  # Half-up rounding (Python's round() is half-to-even, which would make 3/6 -> 0).
+  unit = max(1, int(span / 6.0 + 0.5))
+  return TowerPlan(unit, (3, 3), (unit, 2 * unit))
+
+
 def dilated_tower_plan(span, rounding="exact"):
   """TowerPlan (pool, kernels, dilations) whose receptive field is `span` steps (see module doc).
 
@@ -100,6 +115,8 @@ def dilated_tower_plan(span, rounding="exact"):
   """
   _check_positive_int("span", span)
   _check_choice("rounding", rounding, ROUNDINGS)
+  if rounding == "paper":
+    return paper_tower_plan(span)
   target = span if (rounding == "exact" or span % 2 == 1) else span + 1
   unit = target / 7.0  # the paper's pool : r1 : r2 = 1 : 1 : 2 scaled to RF == target
   best_key, best_plan = None, None
