@@ -308,7 +308,8 @@ def stage_timings(tf, model, features, num_steps, fps, repeats, warmup):
   @tf.function
   def proposal_stage(logits, enc, n):
     anchors = model.anchors(tf.shape(maps[0])[1])
-    return model._proposals(anchors, logits, enc, n, n * k)
+    valid, decode_anchors = model._anchors_for_videos(anchors, n, n * k, False)
+    return model._proposals(decode_anchors, logits, enc, n, valid)
 
   @tf.function
   def soi_stage(maps, proposals, n):
@@ -353,7 +354,8 @@ def _make_first_stage_fn(tf, model):
     logits = tf.add_n([o[0] for o in outs]) / len(outs)
     enc = tf.add_n([o[1] for o in outs]) / len(outs)
     anchors = model.anchors(tf.shape(maps[0])[1])
-    return model._proposals(anchors, logits, enc, num_steps, num_steps * k)
+    valid, decode_anchors = model._anchors_for_videos(anchors, num_steps, num_steps * k, False)
+    return model._proposals(decode_anchors, logits, enc, num_steps, valid)
   # pylint: enable=protected-access
   return first_stage
 
