@@ -293,12 +293,16 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
 
   def _classify(self, maps, proposals, num_steps, training):
     """SoI pooling + classifier per branch, logits averaged across branches."""
+    # Every branch pools the same proposals: one pooling over the streams concatenated along
+    # channels computes the sample positions and weights once and gathers once (pooling
+    # acts on each channel alone, so the values are those of pooling each stream apart).
+    pooled = soi_pooling.soi_pooling(
+        maps[0] if len(maps) == 1 else tf.concat(maps, axis=-1), proposals, num_steps,
+        num_bins=self._soi_num_bins, context_fraction=self._soi_context)
+    pooled = tf.split(pooled, [m.shape[-1] for m in maps], axis=-1) if len(maps) > 1 else [pooled]
     logits, encodings = [], []
-    for head, m in zip(self._heads, maps):
-      pooled = soi_pooling.soi_pooling(
-          m, proposals, num_steps, num_bins=self._soi_num_bins,
-          context_fraction=self._soi_context)
-      cls, enc = head(pooled, training=training)
+    for head, branch_pooled in zip(self._heads, pooled):
+      cls, enc = head(branch_pooled, training=training)
       logits.append(cls)
       encodings.append(enc)
     n = float(len(logits))

@@ -465,9 +465,13 @@ def test_temporal_conv_equals_keras_dilated_conv():
   """The native-dilation conv computes exactly what Keras' SpaceToBatch path computes."""
   x = tf.random.stateless_normal([2, 23, 5], seed=[1, 2])
   for rate in (1, 2, 5):
-    ours = spn_lib.TemporalConv(4, 3, dilation_rate=rate, padding="same")
-    ref = tf_keras.layers.Conv1D(4, 3, dilation_rate=rate, padding="same")
+    ours = spn_lib.TemporalConv(4, 3, dilation_rate=rate, padding="same", activation="relu")
+    ref = tf_keras.layers.Conv1D(4, 3, dilation_rate=rate, padding="same", activation="relu")
     ours.build(x.shape)
     ref.build(x.shape)
+    ours.bias.assign([0.1, -0.2, 0.3, 0.0])
     ref.set_weights(ours.get_weights())
     np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
+    # The forward-only path (native dilation, used at inference) computes the same.
+    np.testing.assert_allclose(ours.inference_call(x).numpy(), ref(x).numpy(), rtol=1e-5,
+                               atol=1e-5)
