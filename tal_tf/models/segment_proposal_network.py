@@ -265,17 +265,22 @@ class _Tower(tf_keras.layers.Layer):
     into a batch sees exactly the zero 'same' padding it would see alone: batched outputs
     equal per-video outputs. `inputs` must already be zero on padded steps.
     """
-    outputs = inputs
-    for layer in self.tower_layers:
-      if valid is not None and isinstance(layer, tf_keras.layers.MaxPool1D):
-        outputs = tf.where(valid, outputs, tf.float32.min)
-      if not training and isinstance(layer, TemporalConv):
-        outputs = layer.inference_call(outputs)
-      else:
-        outputs = layer(outputs)
-      if valid is not None:
-        outputs = tf.where(valid, outputs, 0.0)
-    return outputs
+    return _apply_layers(self.tower_layers, inputs, valid, training)
+
+
+def _apply_layers(layers, inputs, valid, training):
+  """_Tower.call's body: `layers` in order, masked between layers when `valid` is given."""
+  outputs = inputs
+  for layer in layers:
+    if valid is not None and isinstance(layer, tf_keras.layers.MaxPool1D):
+      outputs = tf.where(valid, outputs, tf.float32.min)
+    if not training and isinstance(layer, TemporalConv):
+      outputs = layer.inference_call(outputs)
+    else:
+      outputs = layer(outputs)
+    if valid is not None:
+      outputs = tf.where(valid, outputs, 0.0)
+  return outputs
 
 
 class SegmentProposalNetwork(tf_keras.layers.Layer):
@@ -371,7 +376,9 @@ class SegmentProposalNetwork(tf_keras.layers.Layer):
     if num_steps is not None:
       valid = tf.sequence_mask(num_steps, tf.shape(features)[1])[..., tf.newaxis]
       features = tf.where(valid, features, 0.0)
-    if self.multi_tower:
+    if self.multi_tower and not training:
+      logits, boxes = self._multi_tower_inference(features, valid)
+    elif self.multi_tower:
       hidden = [tower(features, valid=valid, training=training) for tower in self.towers]
       logits = tf.stack([head(h) for head, h in zip(self.class_heads, hidden)], axis=2)
       boxes = tf.stack([head(h) for head, h in zip(self.box_heads, hidden)], axis=2)
@@ -381,6 +388,36 @@ class SegmentProposalNetwork(tf_keras.layers.Layer):
       boxes = self.box_heads[0](hidden)
     return (self._flatten_anchors(logits, features, self.num_classes_out),
             self._flatten_anchors(boxes, features, self.code_size))
+
+  def _multi_tower_inference(self, features, valid):
+    """Forward-only multi-tower pass: (logits [B, T, K, C], boxes [B, T, K, code]).
+
+    Computes what the towers and heads compute layer by layer, with fewer ops: towers with
+    the same pooling size share one pooled input (it is the same tensor), and the K pairs of
+    kernel-1 heads run as one batched matmul over the K hidden maps.
+    """
+    pooled = {}
+    hidden = []
+    for tower in self.towers:
+      layers = tower.tower_layers
+      if isinstance(layers[0], tf_keras.layers.MaxPool1D):
+        size = layers[0].pool_size[0]
+        if size not in pooled:
+          pooled[size] = _apply_layers(layers[:1], features, valid, training=False)
+        hidden.append(_apply_layers(layers[1:], pooled[size], valid, training=False))
+      else:
+        hidden.append(_apply_layers(layers, features, valid, training=False))
+    dynamic = tf.shape(features)
+    num_scales = len(self.towers)
+    stacked = tf.reshape(tf.stack(hidden), tf.stack([num_scales, -1, self.filters]))
+    kernel = tf.stack([tf.concat([c.kernel[0], b.kernel[0]], axis=-1)
+                       for c, b in zip(self.class_heads, self.box_heads)])  # [K, F, C + code]
+    bias = tf.stack([tf.concat([c.bias, b.bias], axis=-1)
+                     for c, b in zip(self.class_heads, self.box_heads)])[:, tf.newaxis]
+    out = tf.matmul(stacked, kernel) + bias  # [K, B*T, C + code]
+    out = tf.reshape(out, tf.stack([num_scales, dynamic[0], dynamic[1], -1]))
+    out = tf.transpose(out, [1, 2, 0, 3])  # [B, T, K, C + code]
+    return out[..., :self.num_classes_out], out[..., self.num_classes_out:]
 
   def _flatten_anchors(self, values, features, channels):
     """[B, T, K, C] or [B, T, K*C] -> [B, T*K, C], row t*K + k (location-major)."""

@@ -475,3 +475,23 @@ def test_temporal_conv_equals_keras_dilated_conv():
     # The forward-only path (native dilation, used at inference) computes the same.
     np.testing.assert_allclose(ours.inference_call(x).numpy(), ref(x).numpy(), rtol=1e-5,
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,use_context,rounding", [
+    ("multi_dilated", True, "exact"), ("multi_dilated", False, "odd"),
+    ("multi_dilated", True, "paper"), ("multi_tconv", False, "exact"),
+    ("single_tconv", False, "exact")])
+def test_inference_path_equals_layer_by_layer_path(variant, use_context, rounding):
+  """training=False (shared pooling, batched heads, native dilation) == training=True."""
+  spn = SegmentProposalNetwork(SCALES, variant=variant, use_context=use_context, filters=4,
+                               rounding=rounding)
+  x = tf.random.stateless_normal([2, 21, 3], seed=[3, 4])
+  num_steps = tf.constant([21, 9])
+  spn(x, num_steps=num_steps, training=True)  # builds the weights
+  for k, head in enumerate(spn.class_heads):  # non-zero biases, distinct per head
+    head.bias.assign(tf.fill(head.bias.shape, 0.1 * (k + 1)))
+  slow = spn(x, num_steps=num_steps, training=True)
+  fast = spn(x, num_steps=num_steps, training=False)
+  for a, b in zip(fast, slow):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
