@@ -249,7 +249,7 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     }
     if self._number_of_stages == 2:
       predictions["class_logits"], predictions["refined_box_encodings"] = self._classify(
-          maps, proposals, num_steps, training)
+          maps, proposals, num_steps, training, num_proposals)
     return predictions
 
   def _anchors_for_videos(self, anchors, num_steps, num_valid_anchors, training):
@@ -291,8 +291,22 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
         max_output=self._max_proposals)
     return segments, scores, num
 
-  def _classify(self, maps, proposals, num_steps, training):
-    """SoI pooling + classifier per branch, logits averaged across branches."""
+  def _classify(self, maps, proposals, num_steps, training, num_proposals=None):
+    """SoI pooling + classifier per branch, logits averaged across branches.
+
+    With `num_proposals` [B], only the first max(num_proposals) proposal slots are pooled
+    and classified (the rest are padding in every video of the batch) and the outputs are
+    zero-padded back to P slots: each slot's outputs depend on its proposal alone.
+    """
+    if num_proposals is not None:
+      p = tf.shape(proposals)[1]
+      used = tf.reduce_max(tf.concat([num_proposals, [0]], axis=0))
+      logits, encodings = self._classify(maps, proposals[:, :used], num_steps, training)
+      logits = tf.pad(logits, [[0, 0], [0, p - used], [0, 0]])
+      encodings = tf.pad(encodings, [[0, 0], [0, p - used], [0, 0], [0, 0]])
+      logits.set_shape(proposals.shape[:2].concatenate(logits.shape[2:]))
+      encodings.set_shape(proposals.shape[:2].concatenate(encodings.shape[2:]))
+      return logits, encodings
     # Every branch pools the same proposals: one pooling over the streams concatenated along
     # channels computes the sample positions and weights once and gathers once (pooling
     # acts on each channel alone, so the values are those of pooling each stream apart).

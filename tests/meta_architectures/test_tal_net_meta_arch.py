@@ -229,3 +229,23 @@ def test_one_pooling_over_all_streams_equals_pooling_each_stream():
   # pylint: enable=protected-access
   np.testing.assert_allclose(logits.numpy(), np.mean(ref_logits, axis=0), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(boxes.numpy(), np.mean(ref_boxes, axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_only_existing_proposal_slots_are_classified():
+  """Slots past every video's num_proposals are skipped (zeros); the others are unchanged."""
+  model = build()
+  feats = features(2, 12, seed=7)
+  num_steps = tf.constant([12, 5], tf.int32)
+  preds = model.predict(feats, num_steps)
+  used = int(max(preds["num_proposals"].numpy()))
+  assert used < 40  # max_total: short videos leave padded slots
+  maps = [feats["rgb"], feats["flow"]]
+  # pylint: disable=protected-access
+  full_logits, full_boxes = model._classify(maps, preds["proposal_segments"], num_steps, False)
+  # pylint: enable=protected-access
+  assert preds["class_logits"].shape == full_logits.shape
+  np.testing.assert_allclose(preds["class_logits"].numpy()[:, :used],
+                             full_logits.numpy()[:, :used], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(preds["refined_box_encodings"].numpy()[:, :used],
+                             full_boxes.numpy()[:, :used], rtol=1e-5, atol=1e-6)
+  assert not preds["class_logits"].numpy()[:, used:].any()
