@@ -6,8 +6,9 @@ for the padded length T (valid where they end inside the video) followed by one 
 window [0, num_steps]. The whole-video window serves trimmed clips: S-CNN trains on "a
 segment s of 16 frames" sampled uniformly from a trimmed video, i.e. the whole clip, positive
 with overlap v = 1. The converter stores a trimmed clip as one ground-truth segment covering
-the whole video, which is how a trimmed clip is recognized here. For a trimmed clip only the
-whole-video window is used; for an untrimmed video only the sliding windows.
+the whole video (one per label), which is how a trimmed clip is recognized here. For a
+trimmed clip only the whole-video window is used; for an untrimmed video only the sliding
+windows.
 
 Labels (Sec. 3.2, via a target assigner with the S-CNN matcher): positive with the class of the
 ground truth of highest tIoU if that tIoU > 0.7; the best window of a ground truth without any
@@ -44,16 +45,21 @@ def batch_windows(sliding_windows, num_steps):
 
 
 def trimmed_clips(gt_segments, num_gt, num_steps, tolerance=1.0):
-  """[B] bool: videos with exactly one ground truth covering [0, num_steps] within tolerance.
+  """[B] bool: videos whose ground truths (at least one) all cover [0, num_steps] within
+  tolerance (the converter writes a trimmed clip as [0, duration] per label).
 
   gt_segments [B, G, 2] feature steps, num_gt [B], num_steps [B]. The tolerance (steps)
-  absorbs the rounding of second-based annotations to feature steps.
+  absorbs the rounding of second-based annotations to feature steps. A clip with several
+  labels trains its whole-clip window with the first.
   """
   with tf.name_scope("trimmed_clips"):
-    length = tf.cast(num_steps, tf.float32)
-    first = tf.pad(tf.cast(gt_segments, tf.float32), [[0, 0], [0, 1], [0, 0]])[:, 0]  # G >= 1
-    covers = tf.logical_and(first[:, 0] <= tolerance, first[:, 1] >= length - tolerance)
-    return tf.logical_and(tf.logical_and(tf.equal(num_gt, 1), covers), length > 0)
+    length = tf.cast(num_steps, tf.float32)[:, tf.newaxis]
+    segments = tf.cast(gt_segments, tf.float32)
+    valid = tf.sequence_mask(num_gt, tf.shape(segments)[1])
+    covers = tf.logical_and(segments[..., 0] <= tolerance,
+                            segments[..., 1] >= length - tolerance)
+    all_cover = tf.reduce_all(tf.logical_or(covers, tf.logical_not(valid)), axis=1)
+    return tf.logical_and(tf.logical_and(num_gt > 0, all_cover), length[:, 0] > 0)
 
 
 def label_windows(windows, sliding_valid, gt_segments, gt_labels, num_gt, num_steps,

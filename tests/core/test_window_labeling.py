@@ -28,7 +28,7 @@ def np_label(windows, num_steps, gt, labels, tol=1.0):
   out_labels = np.full(n + 1, -1)
   out_v = np.zeros(n + 1)
   m = len(gt)
-  if m == 1 and gt[0][0] <= tol and gt[0][1] >= num_steps - tol and num_steps > 0:
+  if m >= 1 and all(g[0] <= tol and g[1] >= num_steps - tol for g in gt) and num_steps > 0:
     out_labels[n] = labels[0]  # trimmed clip: the whole clip, v = 1
     out_v[n] = 1.0
     return out_labels, out_v
@@ -119,6 +119,7 @@ def test_matches_numpy_reference_on_random_videos(seed):
       gt[i, j] = [s, min(num_steps[i], s + rng.uniform(1, 16))]
       labels[i, j] = rng.integers(1, 6)
   num_steps[0], num_gt[0], gt[0, 0], labels[0, 0] = 12, 1, [0, 12], 4   # a trimmed clip
+  num_steps[1], num_gt[1], gt[1, :2], labels[1, :2] = 9, 2, [[0, 9.5], [0.4, 8.2]], [2, 3]
   _, got, v, _ = run(sliding, num_steps, gt, labels, num_gt)
   for i in range(b):
     want, want_v = np_label(sliding, num_steps[i], gt[i, :num_gt[i]], labels[i, :num_gt[i]])
