@@ -301,3 +301,24 @@ def test_postprocess_batch_padding_empty_video_and_core_ops_only():
     ops |= {n.op for n in f.node_def}
   assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
   assert set(model.output_fields) == set(out)
+
+
+def test_c3d_backbone_on_frames_trains_each_phase_and_detects():
+  model = model_builder.build(text_format.Parse("""
+    scnn { num_classes: 2 streams: "frames" backbone: C3D fc6_units: 8 fc7_units: 8
+      dropout_rate: 0.0 c3d { width_multiplier: 0.0625 crop_size: 32 }
+      anchor_generator { sliding_window_anchor_generator {
+        window_lengths: [16, 32] overlap: 0.5 frames_per_step: 1 } } }""", model_pb2.Model()))
+  frames = {"frames": tf.random.uniform([2, 40, 36, 40, 3], maxval=255.0, seed=1)}
+  num_frames = tf.constant([40, 24])
+  gt = {InputFields.segments: tf.constant([[[8., 24.]], [[0., 24.]]]),
+        InputFields.labels: tf.constant([[1], [2]]),
+        InputFields.num_segments: tf.constant([1, 1])}
+  for phase in model.training_phases:
+    with tf.GradientTape() as tape:
+      pred = model.predict(frames, num_frames, training=True, phase=phase)
+      loss = model.loss(pred, gt, phase)["total_loss"]
+    grads = tape.gradient(loss, model.phase_variables(phase))
+    assert all(g is not None for g in grads) and np.isfinite(loss.numpy())
+  out = model.postprocess(model.predict(frames, num_frames), num_frames, [30.0, 30.0])
+  assert out[DF.detection_segments].shape == (2, 200, 2)
