@@ -356,7 +356,7 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
     s = length_prior_smoothing. A class without positive windows gets a uniform prior.
     """
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def batch_counts(batch):
       num_steps = tf.cast(batch[InputFields.num_steps], tf.int32)
       x = self._window_input(batch[InputFields.features])

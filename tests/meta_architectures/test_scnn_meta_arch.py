@@ -1,5 +1,9 @@
 """S-CNN meta-architecture: phases, losses, phase hand-off, length prior and Sec. 3.3 inference
 against numpy references."""
+import functools
+import glob
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,9 +14,11 @@ from tal_tf.core.standard_fields import DetectionFields as DF
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.meta_architectures import meta_arch
 from tal_tf.protos import model_pb2
+from tal_tf.utils import config_util
 from tests.core.test_window_labeling import np_label
 
 K = 3
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = """
 scnn {
   num_classes: 3 streams: "rgb" streams: "flow" fc6_units: 8 fc7_units: 8 dropout_rate: 0.0
@@ -322,3 +328,25 @@ def test_c3d_backbone_on_frames_trains_each_phase_and_detects():
     assert all(g is not None for g in grads) and np.isfinite(loss.numpy())
   out = model.postprocess(model.predict(frames, num_frames), num_frames, [30.0, 30.0])
   assert out[DF.detection_segments].shape == (2, 200, 2)
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_model():
+  return model_builder.build(config_util.load_pipeline_config(
+      os.path.join(REPO, "configs", "scnn_embedded.config")).model)
+
+
+@pytest.mark.parametrize("name", sorted(
+    os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "scnn_ablations",
+                                                        "*.config"))))
+def test_every_ablation_override_applies_to_the_embedded_config(name):
+  with open(os.path.join(REPO, "configs", "scnn_ablations", name)) as f:
+    override = f.read()
+  config = config_util.load_pipeline_config(
+      os.path.join(REPO, "configs", "scnn_embedded.config"), override)
+  model = model_builder.build(config.model)
+  base = _embedded_model()
+  changed = [k for k in ("_use_proposal", "_init_loc_from_cls", "_scoring", "_alpha",
+                         "_per_class_nms", "_use_length_prior")
+             if getattr(model, k) != getattr(base, k)]
+  assert len(changed) == 1, (name, changed)
