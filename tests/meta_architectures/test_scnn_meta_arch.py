@@ -350,3 +350,31 @@ def test_every_ablation_override_applies_to_the_embedded_config(name):
                          "_per_class_nms", "_use_length_prior")
              if getattr(model, k) != getattr(base, k)]
   assert len(changed) == 1, (name, changed)
+
+
+def test_export_serves_and_carries_the_length_prior(tmp_path):
+  from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
+  label_map = tmp_path / "label_map.pbtxt"
+  label_map.write_text("".join(f'item {{ id: {i} name: "c{i}" }}\n' for i in range(1, 21)))
+  config = config_util.load_pipeline_config(
+      os.path.join(REPO, "configs", "scnn_embedded.config"),
+      f'model {{ scnn {{ fc6_units: 8 fc7_units: 8 }} }} '
+      f'train_input_reader {{ label_map_path: "{label_map}" }} '
+      f'eval_input_reader {{ label_map_path: "{label_map}" }}')
+  model = model_builder.build(config.model)
+  model.create_variables({"rgb": 32, "flow": 32})
+  model.length_prior.assign(tf.random.uniform(model.length_prior.shape, seed=2))
+  checkpoint = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt" / "ckpt"))
+  out = exporter_lib.export_saved_model(config, checkpoint, str(tmp_path / "export"))
+  loaded = tf.saved_model.load(out)
+  np.testing.assert_array_equal(loaded.model.length_prior.numpy(), model.length_prior.numpy())
+  feats = features(t=50, b=2, seed=5)
+  feats = {"rgb": tf.tile(feats["rgb"][..., :1], [1, 1, 32]),
+           "flow": tf.tile(feats["flow"][..., :1], [1, 1, 32])}
+  served = loaded.signatures["serving_default"](
+      rgb=feats["rgb"], flow=feats["flow"], num_steps=tf.constant([50, 30]),
+      feature_fps=tf.constant([2.0, 2.0]))
+  pred = model.predict(feats, tf.constant([50, 30]))
+  want = model.postprocess(pred, tf.constant([50, 30]), tf.constant([2.0, 2.0]))
+  for key in (DF.num_detections, DF.detection_scores, DF.num_proposals):
+    np.testing.assert_allclose(served[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-6)
