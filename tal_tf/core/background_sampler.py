@@ -1,6 +1,8 @@
 """Mini-batch sampling of S-CNN: every positive plus backgrounds in proportion to positives."""
 import tensorflow as tf
 
+from tal_tf.core import balanced_sampler
+
 
 class ProportionalBackgroundSampler:
   """Keeps all positives of a batch and about `background_ratio` x as many random backgrounds.
@@ -45,13 +47,8 @@ class ProportionalBackgroundSampler:
   def subsample(self, positive, background, seed=None):
     """bool [B, N] sample mask from positive / background indicators [B, N] (disjoint)."""
     with tf.name_scope("ProportionalBackgroundSampler"):
-      positive = tf.convert_to_tensor(positive, name="positive")
-      background = tf.convert_to_tensor(background, name="background")
-      for name, t in (("positive", positive), ("background", background)):
-        if t.dtype != tf.bool:
-          raise ValueError(f"{name}: expected a bool tensor, got dtype {t.dtype}")
-        if t.shape.rank is not None and t.shape.rank != 2:
-          raise ValueError(f"{name}: expected shape [B, N], got {t.shape}")
+      positive, background = balanced_sampler.bool_masks(positive=positive,
+                                                         background=background)
       background = tf.logical_and(background, tf.logical_not(positive))
       num_pos = tf.reduce_sum(tf.cast(positive, tf.int32))
       flat = tf.reshape(background, [-1])
