@@ -88,7 +88,7 @@ def train_phase(model, phase, dataset, steps, base_lr, seed, log):
   for i in range(steps):
     lr = base_lr * DECAY[phase] ** (i // decay_every)
     loss, n = step(next(dataset), tf.constant(lr, tf.float32))
-    if (i + 1) % max(steps // 5, 1) == 0:
+    if (i + 1) % max(steps // 5, 1) == 0 or i < 3:
       log(f"  {phase} step {i + 1}/{steps} loss {float(loss):.4f} windows {int(n)} "
           f"lr {lr:.2e} ({time.time() - t0:.0f}s)")
   del seed

@@ -230,7 +230,8 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
                          "stream_dims to build them")
       self.create_variables(context.stream_dims)
     if self._use_length_prior and not bool(self.length_prior_computed.numpy()):
-      self.compute_length_prior(context.dataset_fn(True, False))
+      # Whole training videos, read once (not the random training crops).
+      self.compute_length_prior(context.dataset_fn(False, False))
     if not context.fresh:
       return  # Resuming inside the phase: the checkpoint holds the weights.
     if phase in (PROPOSAL, CLASSIFICATION) and self._pretrained_initializer is not None:

@@ -10,6 +10,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from tal_tf.builders import model_builder
+from tal_tf.builders import train_phase_builder
 from tal_tf.core.standard_fields import DetectionFields as DF
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.meta_architectures import meta_arch
@@ -346,6 +347,8 @@ def test_every_ablation_override_applies_to_the_embedded_config(name):
       os.path.join(REPO, "configs", "scnn_embedded.config"), override)
   model = model_builder.build(config.model)
   base = _embedded_model()
+  specs, _ = train_phase_builder.build(config.train_config, model.training_phases)
+  assert [s.name for s in specs] == list(model.training_phases)
   changed = [k for k in ("_use_proposal", "_init_loc_from_cls", "_scoring", "_alpha",
                          "_per_class_nms", "_use_length_prior")
              if getattr(model, k) != getattr(base, k)]
