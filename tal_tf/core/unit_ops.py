@@ -49,8 +49,9 @@ def snap_to_grid(segments, stride):
 
 
 def cut_units(fitted, counts, unit_length, stride, max_units):
-  """Units of fitted proposals [..., 2] with counts [...] -> (units [..., U, 2] with context,
-  valid [..., U] bool), U = max_units (see the module docstring)."""
+  """Units [s, s + d] of fitted proposals [..., 2] with counts [...] -> (units [..., U, 2],
+  valid [..., U] bool), U = max_units (see the module docstring; `unit_context` adds the
+  context)."""
   _check(unit_length, stride)
   if int(max_units) < 1:
     raise ValueError(f"max_units must be >= 1, got {max_units!r}")
@@ -61,5 +62,12 @@ def cut_units(fitted, counts, unit_length, stride, max_units):
   index = tf.where(counts > u, spread, j)
   valid = j < counts
   unit_start = fitted[..., :1] + index * h
-  units = tf.stack([unit_start - d / 2.0, unit_start + d + d / 2.0], axis=-1)
+  units = tf.stack([unit_start, unit_start + d], axis=-1)
   return units, valid
+
+
+def unit_context(units, unit_length):
+  """Units [..., 2] = [s, s + d] extended for context to [s - d/2, s + d + d/2]."""
+  units = tf.convert_to_tensor(units, tf.float32)
+  half = float(unit_length) / 2.0
+  return tf.stack([units[..., 0] - half, units[..., 1] + half], axis=-1)
