@@ -1,0 +1,206 @@
+r"""ETP on the embedded dataset: the paper's reproduction runs (Tab. 3, Fig. 5, 6, 7).
+
+  python bench/bench_etp.py [--work_dir=/tmp/tal_tf_etp] [--num_videos=60] [--seed=1]
+      [--runs=all|name,...] [--fresh] [--steps=actionness:300,refinement:200,localization:400]
+
+Each run trains configs/etp_embedded.config with one override (configs/etp_ablations/) in its
+own subprocess: the three phases in order (actionness, refinement, localization; the RN phase
+is skipped without refinement), each with the config's optimizer (SGD momentum 0.9, step
+decay) and `--steps` steps, `begin_phase` caching the previous phase's proposals; then the
+test videos are evaluated (mAP at tIoU 0.1..0.7, AR@AN of the output proposals = RN's refined
+proposals) and, for runs with the RN, once more with the RN bypassed at inference (the LN on
+AN's proposals; AR@AN of AN's proposals). Results: <work_dir>/etp.json and etp.md (printed).
+
+The phase loop here uses only the meta-architecture contract (phase_variables, begin_phase,
+predict/loss with the phase), i.e. what train_main.py does with train_config.phases.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIG = os.path.join(ROOT, "configs", "etp_embedded.config")
+ABLATIONS = os.path.join(ROOT, "configs", "etp_ablations")
+DIM = 32
+FEATURE_FPS = 2.0
+
+RUNS = {
+    "full": (None, "ETP, rgb+flow (Tab. 3 RGB+Flow; Fig. 7 d = 4 steps)"),
+    "rgb": ("tab3_rgb", "Tab. 3 RGB only"),
+    "flow": ("tab3_flow", "Tab. 3 Flow only"),
+    "no_rn": ("fig5_without_rn", "Fig. 5 without the Refinement Network"),
+    "plain_pyramid": ("fig6_plain_pyramid", "Fig. 6 plain structured pyramid (no non-local)"),
+    "unit_1": ("fig7_unit_16", "Fig. 7 unit 1 step (~16 frames)"),
+    "unit_2": ("fig7_unit_32", "Fig. 7 unit 2 steps (~32 frames)"),
+    "unit_8": ("fig7_unit_128", "Fig. 7 unit 8 steps (~128 frames)"),
+}
+MAP_KEYS = tuple(f"mAP@{t}" for t in ("0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"))
+AR_KEYS = ("AR@10", "AR@50", "AR@100")
+
+
+def _override(paths, name, seed):
+  from tal_tf import demo  # pylint: disable=g-import-not-at-top
+  text = demo.demo_override(paths, DIM) + f" train_config {{ seed: {seed} }}"
+  ablation = RUNS[name][0]
+  if ablation:
+    with open(os.path.join(ABLATIONS, ablation + ".config")) as f:
+      text += "\n" + f.read()
+  return text
+
+
+def train_phases(model, config, steps, cache_dir, seed):
+  """Trains every phase of `model` for steps[phase] steps; returns {phase: last loss}."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import input_reader_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import optimizer_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
+  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
+  from tal_tf.training import train_lib  # pylint: disable=g-import-not-at-top
+
+  reader = config.train_input_reader
+
+  def dataset_fn(is_training, repeat):
+    if is_training:
+      return input_reader_builder.build(reader, model.num_classes, True, seed=seed)
+    dataset = input_reader_builder.build(reader, model.num_classes, False)
+    return dataset if not repeat else dataset.repeat()
+
+  losses = {}
+  for phase in model.training_phases:
+    start = time.perf_counter()
+    model.begin_phase(phase, meta_arch.TrainingContext(dataset_fn, cache_dir, 0, True))
+    prepared = time.perf_counter() - start
+    optimizer = optimizer_builder.build(config.train_config.optimizer)
+    variables = model.phase_variables(phase)
+    clip = config.train_config.optimizer.gradient_clip_norm
+
+    @tf.function
+    def step(batch, phase=phase, variables=variables, optimizer=optimizer):
+      batch = model.preprocess(batch)
+      with tf.GradientTape() as tape:
+        predictions = model.predict(batch[InputFields.features], batch[InputFields.num_steps],
+                                    training=True, phase=phase)
+        out = model.loss(predictions, train_lib.groundtruth_from_batch(batch), phase)
+      grads = tape.gradient(out["total_loss"], variables)
+      if clip > 0:
+        grads, _ = tf.clip_by_global_norm(grads, clip)
+      optimizer.apply_gradients(zip(grads, variables))
+      return out
+
+    iterator = iter(dataset_fn(True, True))
+    history = []
+    for i in range(steps[phase]):
+      out = step(next(iterator))
+      history.append(float(out["total_loss"]))
+      if (i + 1) % 100 == 0:
+        print(f"  {phase} step {i + 1}: loss {sum(history[-100:]) / 100:.4f}", flush=True)
+    losses[phase] = dict(first=sum(history[:20]) / max(len(history[:20]), 1),
+                         last=sum(history[-20:]) / max(len(history[-20:]), 1),
+                         seconds=time.perf_counter() - start, prepare_seconds=prepared)
+  return losses
+
+
+def run_one(args):
+  """Subprocess: trains + evaluates one run; writes <run dir>/result.json."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tal_tf import demo  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+  from tal_tf.training import eval_lib  # pylint: disable=g-import-not-at-top
+  from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
+
+  paths = demo.prepare_data(args.work_dir, args.num_videos, FEATURE_FPS, DIM, args.seed)
+  config = config_util.load_pipeline_config(CONFIG, _override(paths, args.run_one,
+                                                              args.seed))
+  tf_keras.utils.set_random_seed(args.seed)
+  np.random.seed(args.seed)
+  model = model_builder.build(config.model)
+  model.create_variables(config_util.stream_dims(config.train_input_reader))
+  run_dir = os.path.join(args.work_dir, "runs", args.run_one)
+  os.makedirs(run_dir, exist_ok=True)
+  steps = dict(s.split(":") for s in args.steps.split(","))
+  steps = {k: int(v) for k, v in steps.items()}
+  losses = train_phases(model, config, steps, os.path.join(run_dir, "cache"), args.seed)
+  result = {"losses": losses}
+  views = [("output", True)] + ([("an_proposals", False)] if model.use_refinement else [])
+  for view, use_rn in views:
+    model._use_refinement = use_rn  # the LN on AN's proposals when False
+    start = time.perf_counter()
+    metrics, _ = eval_lib.evaluate_model(model, config, 0, os.path.join(run_dir, view),
+                                         model.num_classes)
+    scalars = evaluator.scalar_metrics(metrics)
+    result[view] = {k: v for k, v in scalars.items()
+                    if k.startswith("mAP@") or k.startswith("AR@") or k == "average_mAP"}
+    result[view]["per_class_AP@0.5"] = metrics.get("per_class_ap", {}).get("0.5") if isinstance(
+        metrics.get("per_class_ap"), dict) else None
+    result[view]["eval_seconds"] = time.perf_counter() - start
+  with open(os.path.join(run_dir, "result.json"), "w") as f:
+    json.dump(result, f, indent=1, default=float)
+
+
+def _fmt(v):
+  return "-" if v is None else f"{100 * v:.1f}"
+
+
+def tables(results):
+  lines = ["| run | " + " | ".join(MAP_KEYS) + " | " + " | ".join(AR_KEYS) + " |",
+           "|---" * (1 + len(MAP_KEYS) + len(AR_KEYS)) + "|"]
+  for name, res in results.items():
+    for view in ("output", "an_proposals"):
+      if view not in res:
+        continue
+      label = RUNS[name][1] + (" [RN bypassed at inference: LN on AN proposals]"
+                               if view == "an_proposals" else "")
+      m = res[view]
+      lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in MAP_KEYS) + " | " +
+                   " | ".join(_fmt(m.get(k)) for k in AR_KEYS) + " |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--work_dir", default="/tmp/tal_tf_etp")
+  parser.add_argument("--num_videos", type=int, default=60)
+  parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--runs", default="all")
+  parser.add_argument("--steps", default="actionness:300,refinement:200,localization:400")
+  parser.add_argument("--fresh", action="store_true")
+  parser.add_argument("--run_one", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.run_one:
+    run_one(args)
+    return
+  names = list(RUNS) if args.runs == "all" else args.runs.split(",")
+  results = {}
+  for name in names:
+    result_path = os.path.join(args.work_dir, "runs", name, "result.json")
+    if args.fresh or not os.path.exists(result_path):
+      print(f"== {name}: {RUNS[name][1]}", flush=True)
+      start = time.perf_counter()
+      subprocess.run([sys.executable, os.path.abspath(__file__), f"--run_one={name}",
+                      f"--work_dir={args.work_dir}", f"--num_videos={args.num_videos}",
+                      f"--seed={args.seed}", f"--steps={args.steps}"], check=True)
+      print(f"   {time.perf_counter() - start:.0f} s", flush=True)
+    with open(result_path) as f:
+      results[name] = json.load(f)
+  text = tables(results)
+  print(text)
+  with open(os.path.join(args.work_dir, "etp.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(args.work_dir, "etp.md"), "w") as f:
+    f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  main()
