@@ -79,11 +79,10 @@ def train_phases(model, config, steps, cache_dir, seed):
     start = time.perf_counter()
     model.begin_phase(phase, meta_arch.TrainingContext(dataset_fn, cache_dir, 0, True))
     prepared = time.perf_counter() - start
-    optimizer = optimizer_builder.build(config.train_config.optimizer)
+    optimizer, _ = optimizer_builder.build(config.train_config.optimizer)  # clips itself
     variables = model.phase_variables(phase)
-    clip = config.train_config.optimizer.gradient_clip_norm
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def step(batch, phase=phase, variables=variables, optimizer=optimizer):
       batch = model.preprocess(batch)
       with tf.GradientTape() as tape:
@@ -91,8 +90,6 @@ def train_phases(model, config, steps, cache_dir, seed):
                                     training=True, phase=phase)
         out = model.loss(predictions, train_lib.groundtruth_from_batch(batch), phase)
       grads = tape.gradient(out["total_loss"], variables)
-      if clip > 0:
-        grads, _ = tf.clip_by_global_norm(grads, clip)
       optimizer.apply_gradients(zip(grads, variables))
       return out
 

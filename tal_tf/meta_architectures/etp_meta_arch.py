@@ -184,7 +184,8 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     Returns (ids [V] bytes, proposals [V, P, 2] float32 steps, counts [V] int32): the input
     proposals of `phase` (AN's for the RN; RN's refined ones, or AN's without RN, for the LN).
     """
-    fn = tf.function(lambda f, n: self._phase_inputs(f, n, phase))
+    # Videos differ in length: one trace with a dynamic time axis, not one per length.
+    fn = tf.function(lambda f, n: self._phase_inputs(f, n, phase), reduce_retracing=True)
     ids, proposals, counts = [], [], []
     for batch in dataset:
       segments, _, num = fn(batch[InputFields.features], batch[InputFields.num_steps])
