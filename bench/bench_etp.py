@@ -1,18 +1,16 @@
 r"""ETP on the embedded dataset: the paper's reproduction runs (Tab. 3, Fig. 5, 6, 7).
 
   python bench/bench_etp.py [--work_dir=/tmp/tal_tf_etp] [--num_videos=60] [--seed=1]
-      [--runs=all|name,...] [--fresh] [--steps=actionness:300,refinement:200,localization:400]
+      [--runs=all|name,...] [--fresh] [--phase_steps=N]
 
 Each run trains configs/etp_embedded.config with one override (configs/etp_ablations/) in its
-own subprocess: the three phases in order (actionness, refinement, localization; the RN phase
-is skipped without refinement), each with the config's optimizer (SGD momentum 0.9, step
-decay) and `--steps` steps, `begin_phase` caching the previous phase's proposals; then the
+own subprocess through the trainer of train_main.py (tal_tf.training.train_lib.Trainer): the
+phases in order (actionness, refinement, localization; no RN phase without refinement), each
+with its own optimizer (SGD momentum 0.9, step decay) and step count from the config,
+`begin_phase` caching the previous phase's proposals; then the
 test videos are evaluated (mAP at tIoU 0.1..0.7, AR@AN of the output proposals = RN's refined
 proposals) and, for runs with the RN, once more with the RN bypassed at inference (the LN on
 AN's proposals; AR@AN of AN's proposals). Results: <work_dir>/etp.json and etp.md (printed).
-
-The phase loop here uses only the meta-architecture contract (phase_variables, begin_phase,
-predict/loss with the phase), i.e. what train_main.py does with train_config.phases.
 """
 
 import argparse
@@ -57,79 +55,32 @@ def _override(paths, name, seed):
   return text
 
 
-def train_phases(model, config, steps, cache_dir, seed):
-  """Trains every phase of `model` for steps[phase] steps; returns {phase: last loss}."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tal_tf.builders import input_reader_builder  # pylint: disable=g-import-not-at-top
-  from tal_tf.builders import optimizer_builder  # pylint: disable=g-import-not-at-top
-  from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
-  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
-  from tal_tf.training import train_lib  # pylint: disable=g-import-not-at-top
-
-  reader = config.train_input_reader
-
-  def dataset_fn(is_training, repeat):
-    if is_training:
-      return input_reader_builder.build(reader, model.num_classes, True, seed=seed)
-    dataset = input_reader_builder.build(reader, model.num_classes, False)
-    return dataset if not repeat else dataset.repeat()
-
-  losses = {}
-  for phase in model.training_phases:
-    start = time.perf_counter()
-    model.begin_phase(phase, meta_arch.TrainingContext(dataset_fn, cache_dir, 0, True))
-    prepared = time.perf_counter() - start
-    optimizer, _ = optimizer_builder.build(config.train_config.optimizer)  # clips itself
-    variables = model.phase_variables(phase)
-
-    @tf.function(reduce_retracing=True)
-    def step(batch, phase=phase, variables=variables, optimizer=optimizer):
-      batch = model.preprocess(batch)
-      with tf.GradientTape() as tape:
-        predictions = model.predict(batch[InputFields.features], batch[InputFields.num_steps],
-                                    training=True, phase=phase)
-        out = model.loss(predictions, train_lib.groundtruth_from_batch(batch), phase)
-      grads = tape.gradient(out["total_loss"], variables)
-      optimizer.apply_gradients(zip(grads, variables))
-      return out
-
-    iterator = iter(dataset_fn(True, True))
-    history = []
-    for i in range(steps[phase]):
-      out = step(next(iterator))
-      history.append(float(out["total_loss"]))
-      if (i + 1) % 100 == 0:
-        print(f"  {phase} step {i + 1}: loss {sum(history[-100:]) / 100:.4f}", flush=True)
-    losses[phase] = dict(first=sum(history[:20]) / max(len(history[:20]), 1),
-                         last=sum(history[-20:]) / max(len(history[-20:]), 1),
-                         seconds=time.perf_counter() - start, prepare_seconds=prepared)
-  return losses
-
-
 def run_one(args):
   """Subprocess: trains + evaluates one run; writes <run dir>/result.json."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tf_keras  # pylint: disable=g-import-not-at-top
   from tal_tf import demo  # pylint: disable=g-import-not-at-top
-  from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   from tal_tf.training import eval_lib  # pylint: disable=g-import-not-at-top
+  from tal_tf.training import train_lib  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
 
   paths = demo.prepare_data(args.work_dir, args.num_videos, FEATURE_FPS, DIM, args.seed)
   config = config_util.load_pipeline_config(CONFIG, _override(paths, args.run_one,
                                                               args.seed))
-  tf_keras.utils.set_random_seed(args.seed)
-  np.random.seed(args.seed)
-  model = model_builder.build(config.model)
-  model.create_variables(config_util.stream_dims(config.train_input_reader))
+  if args.phase_steps:
+    # Shorter runs: every phase gets phase_steps steps, its decay points scaled alike.
+    for phase in config.train_config.phases:
+      factor = args.phase_steps / phase.num_steps
+      phase.num_steps = args.phase_steps
+      schedule = phase.optimizer.learning_rate.piecewise_constant
+      schedule.boundaries[:] = [max(1, int(round(b * factor))) for b in schedule.boundaries]
   run_dir = os.path.join(args.work_dir, "runs", args.run_one)
   os.makedirs(run_dir, exist_ok=True)
-  steps = dict(s.split(":") for s in args.steps.split(","))
-  steps = {k: int(v) for k, v in steps.items()}
-  losses = train_phases(model, config, steps, os.path.join(run_dir, "cache"), args.seed)
-  result = {"losses": losses}
+  start = time.perf_counter()
+  trainer = train_lib.Trainer(config, os.path.join(run_dir, "model"))
+  trainer.train()
+  model = trainer.model
+  result = {"train_seconds": time.perf_counter() - start,
+            "phases": {p.name: p.num_steps for p in config.train_config.phases}}
   views = [("output", True)] + ([("an_proposals", False)] if model.use_refinement else [])
   for view, use_rn in views:
     model._use_refinement = use_rn  # the LN on AN's proposals when False
@@ -171,8 +122,9 @@ def main():
   parser.add_argument("--num_videos", type=int, default=60)
   parser.add_argument("--seed", type=int, default=1)
   parser.add_argument("--runs", default="all")
-  parser.add_argument("--steps", default="actionness:300,refinement:200,localization:400")
   parser.add_argument("--fresh", action="store_true")
+  parser.add_argument("--phase_steps", type=int, default=0,
+                      help="steps of every phase (0: the config's)")
   parser.add_argument("--run_one", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.run_one:
@@ -187,7 +139,8 @@ def main():
       start = time.perf_counter()
       subprocess.run([sys.executable, os.path.abspath(__file__), f"--run_one={name}",
                       f"--work_dir={args.work_dir}", f"--num_videos={args.num_videos}",
-                      f"--seed={args.seed}", f"--steps={args.steps}"], check=True)
+                      f"--seed={args.seed}", f"--phase_steps={args.phase_steps}"],
+                     check=True)
       print(f"   {time.perf_counter() - start:.0f} s", flush=True)
     with open(result_path) as f:
       results[name] = json.load(f)
