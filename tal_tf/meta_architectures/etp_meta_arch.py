@@ -23,9 +23,9 @@ uncropped videos) and written atomically to `context.cache_dir/<phase>_proposals
 instead of recomputing. The model then holds them in a lookup table (video id -> row), and
 `preprocess` adds to each training batch the proposals of its videos, shifted by the batch's
 `window_offset` (random crops), clipped to the window, under the feature keys
-CACHED_PROPOSALS / CACHED_NUM_PROPOSALS. `predict` uses them when every video of the batch
-was found and otherwise runs the previous networks itself (identical result, since those
-weights are frozen); without begin_phase (tests, inference) it always runs the chain.
+CACHED_PROPOSALS / CACHED_NUM_PROPOSALS, and `predict` reads them instead of running the
+previous networks (whose weights are frozen, so the result is the same); without
+begin_phase (tests, inference) it runs the chain.
 
 Unit features before the LN is trained: the paper represents units by the LN's non-local
 pyramid features, but the RN is trained before the LN exists. The RN uses the parameter-free
@@ -291,16 +291,17 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
                                       tf.cast(num_steps, tf.float32))
 
   def _cached_or(self, features, compute):
-    """Cached proposals of the batch if all its videos were found, else compute()."""
+    """The batch's cached proposals when preprocess added them, else compute().
+
+    Training graphs then hold no copy of the earlier networks (their tracing is the costly
+    part); a video missing from the cache (impossible when the cache was generated from the
+    training records) contributes no proposals.
+    """
     if CACHED_PROPOSALS not in features:
       return compute()
     cached = tf.convert_to_tensor(features[CACHED_PROPOSALS], tf.float32)
-    num = tf.cast(features[CACHED_NUM_PROPOSALS], tf.int32)
-
-    def from_cache():
-      return cached, tf.zeros(tf.shape(cached)[:2]), num
-
-    return tf.cond(tf.reduce_all(num >= 0), from_cache, compute)
+    num = tf.maximum(tf.cast(features[CACHED_NUM_PROPOSALS], tf.int32), 0)
+    return cached, tf.zeros(tf.shape(cached)[:2]), num
 
   def _phase_inputs(self, features, num_steps, phase):
     """Input proposals of `phase` ([B, P, 2], scores [B, P], num [B]) from earlier networks."""
