@@ -85,8 +85,7 @@ def run_one(args):
   for view, use_rn in views:
     model._use_refinement = use_rn  # the LN on AN's proposals when False
     start = time.perf_counter()
-    metrics, _ = eval_lib.evaluate_model(model, config, 0, os.path.join(run_dir, view),
-                                         model.num_classes)
+    metrics, _ = eval_lib.evaluate_model(model, config, 0, os.path.join(run_dir, view))
     scalars = evaluator.scalar_metrics(metrics)
     result[view] = {k: v for k, v in scalars.items()
                     if k.startswith("mAP@") or k.startswith("AR@") or k == "average_mAP"}
