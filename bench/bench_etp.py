@@ -89,8 +89,11 @@ def run_one(args):
     scalars = evaluator.scalar_metrics(metrics)
     result[view] = {k: v for k, v in scalars.items()
                     if k.startswith("mAP@") or k.startswith("AR@") or k == "average_mAP"}
-    result[view]["per_class_AP@0.5"] = metrics.get("per_class_ap", {}).get("0.5") if isinstance(
-        metrics.get("per_class_ap"), dict) else None
+    detection = metrics.get("detection", metrics)
+    if "ap" in detection and 0.5 in [round(float(t), 6) for t in detection["tiou_thresholds"]]:
+      row = [round(float(t), 6) for t in detection["tiou_thresholds"]].index(0.5)
+      result[view]["per_class_AP@0.5"] = dict(zip(
+          detection["class_names"], (float(v) for v in detection["ap"][row])))
     result[view]["eval_seconds"] = time.perf_counter() - start
   with open(os.path.join(run_dir, "result.json"), "w") as f:
     json.dump(result, f, indent=1, default=float)
