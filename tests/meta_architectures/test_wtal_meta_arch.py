@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 from google.protobuf import text_format
 
 from tal_tf.builders import model_builder
@@ -20,7 +21,8 @@ wtal {
 
 
 def build(extra=""):
-  tf.random.set_seed(3)
+  # Unseeded Keras initializers draw from Python's random: seed everything.
+  tf_keras.utils.set_random_seed(3)
   return model_builder.build(text_format.Merge(CONFIG % extra, model_pb2.Model()))
 
 
@@ -138,8 +140,9 @@ def test_variants_train_every_variable(extra):
 
 def test_loss_decreases_on_a_toy_problem():
   # Class c is present where feature channel c is high: a few Adam steps must lower the loss.
-  import tf_keras  # pylint: disable=g-import-not-at-top
-  model = build("dropout_rate: 0.0")
+  # No clipping here: with kappa = 1.5 a negative class keeps P(c|V) >= 1 - 0.82^3 over the
+  # three blocks, which floors the loss near a quarter of its start.
+  model = build("dropout_rate: 0.0 kappa: 0")
   rng = np.random.default_rng(4)
   lengths = np.array([12] * 6, np.int32)
   labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]],
@@ -149,7 +152,7 @@ def test_loss_decreases_on_a_toy_problem():
     for c in np.flatnonzero(labels[b]):
       rgb[b, 2 + 3 * c:5 + 3 * c, c] += 3.0
   features = {"rgb": rgb, "flow": np.zeros([6, 12, 2], np.float32)}
-  optimizer = tf_keras.optimizers.Adam(0.01)
+  optimizer = tf_keras.optimizers.Adam(0.05)
   first = None
   for _ in range(40):
     with tf.GradientTape() as tape:
@@ -159,7 +162,7 @@ def test_loss_decreases_on_a_toy_problem():
       first = float(total)
     grads = tape.gradient(total, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
-  assert float(total) < 0.5 * first
+  assert float(total) < 0.3 * first
 
 
 def test_builder_errors_name_the_field():
