@@ -5,11 +5,15 @@ from tal_tf.utils import config_util
 
 
 def build(reader_config, num_classes, is_training, input_context=None, seed=None,
-          batch_size=None):
+          fields=None, batch_size=None):
   """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
 
-  `batch_size` overrides the reader's global batch size (e.g. eval on one video at a time);
-  with an `input_context`, `build_dataset` derives the per-replica batch from the global one.
+  `fields`: the model's `input_fields` (InputFields keys it trains on; None = every known
+  field); training batches carry those plus features, num_steps, video_id, duration,
+  feature_fps and window_offset, evaluation batches also the segment ground truth
+  (tal_tf/data/input_fields.py resolves this). `batch_size` overrides the reader's global
+  batch size (e.g. eval on one video at a time); with an `input_context`, `build_dataset`
+  derives the per-replica batch from the global one.
   """
   batch = int(batch_size or reader_config.batch_size)
   return input_pipeline.build_dataset(
@@ -27,4 +31,5 @@ def build(reader_config, num_classes, is_training, input_context=None, seed=None
       max_segments=reader_config.max_segments or None,
       input_context=input_context,
       repeat=reader_config.repeat if is_training else False,
-      seed=seed)
+      seed=seed,
+      fields=fields)

@@ -20,6 +20,7 @@ import sys
 import tensorflow as tf
 
 from tal_tf.core.standard_fields import InputFields
+from tal_tf.data import input_fields
 from tal_tf.data import sequence_example
 from tal_tf.data import temporal_crop
 
@@ -84,29 +85,11 @@ def _checked_records(filename, file_size, skip_corrupt, corrupt_counter):
       lambda record, is_end: record)
 
 
-def _pad_shapes(stream_dims, time_dim, max_segments, num_classes):
-  """padded_shapes for padded_batch over the decoded dict."""
-  shapes = {
-      InputFields.video_id: [],
-      InputFields.duration: [],
-      InputFields.feature_fps: [],
-      InputFields.num_steps: [],
-      InputFields.features: {s: [time_dim, int(d)] for s, d in stream_dims.items()},
-      InputFields.segments: [max_segments, 2],
-      InputFields.segments_seconds: [max_segments, 2],
-      InputFields.labels: [max_segments],
-      InputFields.num_segments: [],
-      InputFields.window_offset: [],
-  }
-  if num_classes is not None:
-    shapes[InputFields.video_labels] = [num_classes]
-  return shapes
-
-
 def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_training,
                   max_steps=None, min_kept_fraction=0.5, shuffle_buffer=256,
                   num_parallel_reads=4, skip_corrupt=False, max_segments=None,
-                  input_context=None, repeat=None, seed=None, corrupt_counter=None):
+                  input_context=None, repeat=None, seed=None, corrupt_counter=None,
+                  fields=None):
   """Builds the batched input dataset from TFRecords of SequenceExamples.
 
   Args:
@@ -130,11 +113,16 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     seed: seed for file/record shuffling and cropping (deterministic given the seed).
     corrupt_counter: tf.Variable int64 scalar incremented per skipped file (skip_corrupt);
       created when None and exposed as `dataset.corrupt_counter`.
+    fields: InputFields keys the model trains on (its `input_fields`), or None for every
+      known field (see input_fields.resolve: evaluation always adds the segment ground truth,
+      every batch carries features, num_steps, video_id, duration, feature_fps and
+      window_offset).
   Returns:
-    tf.data.Dataset of dicts (InputFields keys): features {stream: [B, T, D]}, num_steps [B],
-    groundtruth_segments / _seconds [B, G, 2] (window coordinates), groundtruth_labels
-    [B, G] (0 = padding), num_groundtruth_segments [B], video_labels [B, C] (if
-    num_classes), video_id [B], duration [B], feature_fps [B], window_offset [B].
+    tf.data.Dataset of dicts (InputFields keys, the resolved `fields`): features
+    {stream: [B, T, D]}, num_steps [B], groundtruth_segments / _seconds [B, G, 2] (window
+    coordinates), groundtruth_labels [B, G] (0 = padding), num_groundtruth_segments [B],
+    video_labels [B, C] (if num_classes), video_id [B], duration [B], feature_fps [B],
+    window_offset [B].
   """
   if not stream_dims:
     raise ValueError("stream_dims must name at least one stream, e.g. {'rgb': 1024}")
@@ -148,6 +136,7 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     raise ValueError(f"max_segments must be >= 1 or None, got {max_segments}")
   if repeat is None:
     repeat = is_training
+  output_keys, parsed_keys = input_fields.resolve(fields, is_training, num_classes)
   files = list_files(file_pattern)
   sizes = [tf.io.gfile.stat(f).length for f in files]
   if skip_corrupt and corrupt_counter is None:
@@ -198,13 +187,14 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     dataset = dataset.map(lambda serialized: (serialized, tf.zeros([2], tf.int64)))
 
   def decode(serialized, crop_seed):
-    decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes)
+    decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes,
+                                                      fields=parsed_keys)
     if crop:
       decoded = temporal_crop.random_crop(decoded, max_steps, min_kept_fraction,
                                           stateless_seed=crop_seed)
-    else:
-      decoded[InputFields.window_offset] = tf.constant(0, tf.int32)
-    if max_segments is not None:
+    # Fields parsed only because a crop rule reads them are dropped here.
+    decoded = {key: decoded[key] for key in output_keys}
+    if max_segments is not None and InputFields.num_segments in decoded:
       count = decoded[InputFields.num_segments]
       check = tf.debugging.Assert(
           count <= max_segments,
@@ -217,10 +207,12 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=not shuffle or seed is not None)
   time_dim = int(max_steps) if crop else None
-  padded_shapes = _pad_shapes(stream_dims, time_dim,
-                              int(max_segments) if max_segments is not None else None,
-                              num_classes)
+  padded_shapes = input_fields.pad_shapes(
+      output_keys, stream_dims, time_dim,
+      int(max_segments) if max_segments is not None else None, num_classes)
   dataset = dataset.padded_batch(per_replica_batch, padded_shapes=padded_shapes,
+                                 padding_values=input_fields.pad_values(output_keys,
+                                                                        stream_dims),
                                  drop_remainder=bool(is_training))
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
   if corrupt_counter is not None:
