@@ -12,6 +12,8 @@ import collections
 import os
 import re
 
+from tal_tf.utils import file_util
+
 LabelMapItem = collections.namedtuple("LabelMapItem", ["id", "name", "display_name"])
 LabelMapItem.__doc__ = "One label-map entry: integer id (>= 1), name, display_name (or None)."
 
@@ -237,12 +239,8 @@ def label_map_to_text(items):
 
 
 def write_label_map(path, items):
-  """Writes items as a label-map text file (sorted by id); creates parent dirs."""
-  text = label_map_to_text(items)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  """Writes items as a label-map text file (sorted by id), atomically; creates parent dirs."""
+  file_util.atomic_write_text(path, label_map_to_text(items))
 
 
 def items_from_class_names(names):

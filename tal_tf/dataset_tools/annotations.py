@@ -1,7 +1,13 @@
 """ActivityNet-style annotation JSON: loading, subset selection and segment cleaning.
 
 Format: {"database": {video_id: {"subset": str, "duration": s, "fps": float (optional),
-"annotations": [{"segment": [start_s, end_s], "label": name}, ...]}}}.
+"annotations": [{"segment": [start_s, end_s], "label": name}, ...],
+"labels": [name, ...] (optional video-level labels), "trimmed": bool (optional)}}}.
+
+Video-level labels are the classes of the video's kept segments plus its "labels" list, so
+weakly labelled videos (labels, no segments) carry their classes too. A trimmed clip
+("trimmed": true, or the converter's --trimmed) is one action from start to end: it gets one
+segment [0, duration] per video-level label.
 """
 
 import json
@@ -36,6 +42,15 @@ def load_database(path):
     if not isinstance(annotations, list):
       raise AnnotationError(f"{path}: database[{video_id!r}]['annotations'] must be a list, "
                             f"got {type(annotations).__name__}")
+    labels = entry.get("labels", [])
+    if (not isinstance(labels, list)
+        or not all(isinstance(name, str) and name for name in labels)):
+      raise AnnotationError(f"{path}: database[{video_id!r}]['labels'] must be a list of "
+                            f"class names, got {labels!r}")
+    trimmed = entry.get("trimmed", False)
+    if not isinstance(trimmed, bool):
+      raise AnnotationError(f"{path}: database[{video_id!r}]['trimmed'] must be true or "
+                            f"false, got {trimmed!r}")
   return database
 
 
@@ -48,14 +63,21 @@ def _subset_names(subset):
   return names or None
 
 
-def select_videos(database, subset=None, path="<annotations>"):
-  """Sorted video ids whose 'subset' matches (case-insensitive; comma list; None = all)."""
+def select_videos(database, subset=None, path="<annotations>", report=None):
+  """Sorted video ids whose 'subset' matches (case-insensitive; comma list; None = all).
+
+  With a subset, a video without a "subset" string cannot be selected: it is counted as
+  `subset_missing` in `report` (a QuirkReport), never dropped without a word."""
   wanted = _subset_names(subset)
   if wanted is None:
     return sorted(database)
-  found = sorted({str(e.get("subset", "")) for e in database.values()})
+  unassigned = sorted(v for v, e in database.items() if not isinstance(e.get("subset"), str))
+  if report is not None:
+    for video_id in unassigned:
+      report.add("subset_missing", video_id, f"subset={database[video_id].get('subset')!r}")
+  found = sorted({e["subset"] for v, e in database.items() if v not in set(unassigned)})
   chosen = sorted(v for v, e in database.items()
-                  if str(e.get("subset", "")).lower() in wanted)
+                  if v not in set(unassigned) and e["subset"].lower() in wanted)
   missing = wanted - {s.lower() for s in found}
   if missing:
     raise AnnotationError(f"{path}: subset {sorted(missing)} not found; subsets present: "
@@ -72,6 +94,7 @@ def class_names(database, ignore_classes=()):
       label = ann.get("label") if isinstance(ann, dict) else None
       if isinstance(label, str) and label and label not in ignore:
         names.add(label)
+    names.update(name for name in entry.get("labels", []) if name not in ignore)
   return sorted(names)
 
 
@@ -141,4 +164,39 @@ def clean_segments(video_id, entry, duration, report, ignore_classes=()):
     segments.append((clipped_start, clipped_end))
     names.append(label)
   segments = np.asarray(segments, np.float64).reshape(-1, 2)
+  return segments, names
+
+
+def video_labels(video_id, entry, segment_names, report, ignore_classes=()):
+  """Sorted video-level class names: the kept segments' classes plus the entry's "labels"
+  (minus ignored classes, each reported)."""
+  ignore = set(ignore_classes)
+  names = set(segment_names)
+  for name in entry.get("labels", []):
+    if name in ignore:
+      report.add("label_ignored_class", video_id, name)
+    else:
+      names.add(name)
+  return sorted(names)
+
+
+def trimmed_segments(video_id, entry, duration, report, ignore_classes=()):
+  """A trimmed clip's ground truth: one segment [0, duration] per video-level class (its
+  "labels" and its annotations' labels). Annotation segments are replaced (reported).
+  Returns (segments [G, 2] float64 seconds, label names list of G)."""
+  ignore = set(ignore_classes)
+  names = set()
+  for ann in entry.get("annotations", []):
+    label = ann.get("label") if isinstance(ann, dict) else None
+    if not isinstance(label, str) or not label:
+      report.add("segment_malformed", video_id, f"annotation {ann!r} has no label")
+    elif label in ignore:
+      report.add("segment_ignored_class", video_id, label)
+    else:
+      names.add(label)
+      if isinstance(ann, dict) and "segment" in ann:
+        report.add("trimmed_segment_replaced", video_id,
+                   f"{label} {ann['segment']} -> [0, {duration}]")
+  names = video_labels(video_id, entry, names, report, ignore_classes)
+  segments = np.asarray([(0.0, float(duration))] * len(names), np.float64).reshape(-1, 2)
   return segments, names
