@@ -260,6 +260,17 @@ def get_id_to_name(path_or_items):
   return {it.id: it.name for it in _load(path_or_items)}
 
 
+def id_to_name_if_exists(path):
+  """{id: name} of the label map at `path`, or {} (with a warning) when there is none, so
+  results name classes `class_<id>`."""
+  if path and os.path.isfile(path):
+    return get_id_to_name(path)
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("tal_tf").warning("no label map found (%s): classes are written as "
+                                      "class_<id>", path)
+  return {}
+
+
 def get_num_classes(path_or_items):
   """Number of foreground classes = the largest id (ids index columns id-1 of multi-hot)."""
   return max(it.id for it in _load(path_or_items))

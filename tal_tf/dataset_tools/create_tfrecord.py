@@ -200,11 +200,6 @@ class ConversionSummary:
     }
 
 
-def _steps_tolerance(length_tolerance, steps):
-  # A 2-step floor: extractors that drop a final partial window lose a step or two.
-  return max(2.0, length_tolerance * steps)
-
-
 def convert_dataset(annotations_path, output_prefix, label_map_path, feature_source,
                     subset=None, num_shards=1, feature_fps=None, frames_per_step=None,
                     ignore_classes=(), length_tolerance=0.1, summary_json=None,
@@ -255,6 +250,9 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
                      f"in label map {label_map_path!r}; add them to the label map or list "
                      f"them in --ignore_classes")
 
+  # One tolerance for this conversion: stream lengths (checked by the source) and steps vs
+  # duration x rate.
+  feature_source.length_tolerance = float(length_tolerance)
   stream_dims = feature_source.prepare(video_ids)
   # Deferred so `--help` and errors in flags, annotations or label map come fast.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -365,21 +363,19 @@ def _convert_video(video_id, entry, feature_source, name_to_id, report, feature_
   else:
     rate = float(feature_fps)
   try:
-    features = feature_source.read(video_id)
+    video = feature_source.video(video_id)
+    lengths = video.stream_lengths
+    detail = ", ".join(f"{s}={n}" for s, n in lengths.items())
+    if video.num_steps == 0:
+      raise feature_readers.FeatureError("features_empty", f"{video.where}: no steps "
+                                         f"({detail})")
+    features = video.read(0, video.num_steps)
   except feature_readers.FeatureError as e:
     report.add(e.kind, video_id, e.message)
     return None
-
-  lengths = {s: v.shape[0] for s, v in features.items()}
-  shortest, longest = min(lengths.values()), max(lengths.values())
-  if shortest != longest:
-    detail = ", ".join(f"{s}={n}" for s, n in lengths.items())
-    if longest - shortest > _steps_tolerance(length_tolerance, longest):
-      report.add("stream_length_mismatch", video_id, detail)
-      return None
-    report.add("stream_length_trimmed", video_id, f"{detail} -> {shortest}")
-    features = {s: v[:shortest] for s, v in features.items()}
-  num_steps = shortest
+  num_steps = video.num_steps
+  if len(set(lengths.values())) > 1:
+    report.add("stream_length_trimmed", video_id, f"{detail} -> {num_steps}")
 
   duration = annotations_lib.video_duration(entry)
   if duration is None:
@@ -388,7 +384,8 @@ def _convert_video(video_id, entry, feature_source, name_to_id, report, feature_
                f"duration={entry.get('duration')!r} -> {duration:.3f} s")
   else:
     expected = duration * rate
-    if abs(num_steps - expected) > _steps_tolerance(length_tolerance, expected):
+    if abs(num_steps - expected) > feature_readers.steps_tolerance(expected,
+                                                               length_tolerance):
       report.add("length_inconsistent", video_id,
                  f"{num_steps} steps vs duration {duration} s x {rate:g} steps/s = "
                  f"{expected:.1f}")

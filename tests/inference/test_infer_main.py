@@ -232,10 +232,13 @@ def test_usage_errors_are_clear(exported, features, tmp_path):
                           f"--features={features['npy']}", "--output=x.json"))
   with pytest.raises(ValueError, match="holds no saved_model.pb"):
     inference_lib.resolve_saved_model_dir(str(tmp_path))
-  with pytest.raises(ValueError, match="must be the model's streams"):
+  with pytest.raises(ValueError, match="must be the streams .* of the model"):
     feature_sources.NpyDirSource({"rgb": features["dirs"]["rgb"]}, tiny_model.STREAM_DIMS, 1.0)
   with pytest.raises(ValueError, match="needs --feature_fps > 0"):
-    feature_sources.NpyDirSource(features["dirs"], tiny_model.STREAM_DIMS, None)
+    iter(feature_sources.NpyDirSource(features["dirs"], tiny_model.STREAM_DIMS, None))
+  with pytest.raises(app.UsageError, match="--hdf5_features needs --feature_fps > 0"):
+    infer_main.run(_flags(f"--saved_model_dir={exported['export_dir']}",
+                          f"--hdf5_features={features['h5']}", "--output=x.json"))
 
 
 # ----------------------------------------------------------------------------- bounded reads
