@@ -102,10 +102,7 @@ def feature_source_from_flags(fv):
     raise app.UsageError(f"--{chosen[0]} needs --stream_dims, e.g. rgb:1024,flow:1024")
   if fv.concat_features:
     return feature_readers.ConcatNpySource(fv.concat_features, dims)
-  spec = fv.hdf5_features
-  if ":" in spec and not os.path.exists(spec):
-    return feature_readers.Hdf5Source(feature_readers.parse_stream_paths(spec, "file"), dims)
-  return feature_readers.Hdf5Source(spec, dims)
+  return feature_readers.Hdf5Source(feature_readers.hdf5_files(fv.hdf5_features), dims)
 
 
 def shard_paths(output_prefix, num_shards):

@@ -503,6 +503,13 @@ class TfRecordSource:
                  lambda a, b: {s: x[a:b] for s, x in arrays.items()}, where, lengths)
 
 
+def hdf5_files(spec):
+  """--hdf5_features value -> one path, or {stream: path} for 'rgb:FILE,flow:FILE'."""
+  if ":" in spec and not os.path.exists(spec):
+    return parse_stream_paths(spec, "file")
+  return spec
+
+
 def open_source(stream_dims, features=None, hdf5_features=None, tfrecords=None,
                 feature_fps=None, video_ids=None):
   """The inference source named by exactly one of `features` ('rgb:DIR,flow:DIR'),
@@ -517,9 +524,6 @@ def open_source(stream_dims, features=None, hdf5_features=None, tfrecords=None,
     return NpyDirSource(parse_stream_paths(features, "dir"), stream_dims,
                         check_fps(feature_fps, "--features"), video_ids)
   if hdf5_features:
-    files = hdf5_features
-    if ":" in files and not os.path.isfile(files):
-      files = parse_stream_paths(files, "file")
-    return Hdf5Source(files, stream_dims, check_fps(feature_fps, "--hdf5_features"),
-                      video_ids)
+    return Hdf5Source(hdf5_files(hdf5_features), stream_dims,
+                      check_fps(feature_fps, "--hdf5_features"), video_ids)
   return TfRecordSource(list(tfrecords), stream_dims, video_ids)

@@ -23,10 +23,45 @@ def test_load_database_structure_errors(tmp_path):
     ann_lib.load_database(_write_json(tmp_path, "{not json"))
   with pytest.raises(ann_lib.AnnotationError, match="'database'"):
     ann_lib.load_database(_write_json(tmp_path, {"videos": {}}))
-  with pytest.raises(ann_lib.AnnotationError, match="annotations'\\] must be a list"):
+  with pytest.raises(ann_lib.AnnotationError,
+                     match="video 'v', field 'annotations': expected a list"):
     ann_lib.load_database(_write_json(tmp_path, {"database": {"v": {"annotations": 3}}}))
+  with pytest.raises(ann_lib.AnnotationError, match="field 'trimmed': expected true or false"):
+    ann_lib.load_database(_write_json(tmp_path, {"database": {"v": {"trimmed": "yes"}}}))
   with pytest.raises(ann_lib.AnnotationError, match="does not exist"):
     ann_lib.load_database(os.path.join(str(tmp_path), "absent.json"))
+  with pytest.raises(FileNotFoundError):  # also an OSError for callers that expect one
+    ann_lib.load_database(os.path.join(str(tmp_path), "absent.json"))
+
+
+def test_one_annotation_parser_for_converter_and_evaluator(tmp_path):
+  """The evaluator's loader is the converter's module; only the policy differs."""
+  from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
+  assert eval_io.load_annotations is ann_lib.load_annotations
+  assert eval_io.EvaluationFormatError is ann_lib.AnnotationError
+  path = _write_json(tmp_path, {"database": {
+      "a": {"subset": "Test", "annotations": [{"segment": [5, 1], "label": "X"}]},
+      "b": {"subset": "Test", "annotations": [{"segment": [1, 2], "label": "X"}]}}})
+  # Strict (evaluator): an inverted segment is an error naming file, video and field.
+  with pytest.raises(ann_lib.AnnotationError,
+                     match=r"video 'a', field 'annotations\[0\]\.segment'.*end >= start"):
+    ann_lib.load_annotations(path, subset="test")
+  # Lenient (converter): the same entry is dropped and reported.
+  database = ann_lib.load_database(path)
+  report = quirks.QuirkReport()
+  assert ann_lib.select_videos(database, "test", path, report) == ["a", "b"]
+  segments, names = ann_lib.clean_segments("a", database["a"], 10.0, report)
+  assert segments.shape == (0, 2) and names == []
+  assert report.counts["segment_degenerate"] == 1
+  # A video without a subset: reported by the converter, an error for the evaluator.
+  path = _write_json(tmp_path, {"database": {"a": {"annotations": []},
+                                              "b": {"subset": "test", "annotations": []}}},
+                     "nosubset.json")
+  report = quirks.QuirkReport()
+  assert ann_lib.select_videos(ann_lib.load_database(path), "test", path, report) == ["b"]
+  assert report.videos("subset_missing") == ["a"]
+  with pytest.raises(ann_lib.AnnotationError, match="video 'a', field 'subset'"):
+    ann_lib.load_annotations(path, subset="test")
 
 
 def test_select_videos_case_insensitive_and_lists():

@@ -562,7 +562,7 @@ def test_cli_errors_are_one_line_naming_the_file(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   cases = [
       ([f"--annotations={bad_json}", flag], bad_json),
-      ([f"--annotations={weak_bad}", flag], "['labels'] must be a list"),
+      ([f"--annotations={weak_bad}", flag], "field 'labels': expected a list of class names"),
       ([f"--annotations={ann}", f"--features=rgb:{tmp_path}/nope,flow:{tmp_path}/nope"],
        f"{tmp_path}/nope"),
       ([f"--annotations={ann}", flag, "--subset=training"], "subset ['training'] not found"),

@@ -122,7 +122,7 @@ def test_annotations_subset_selects_videos(exported, features, tmp_path):
     infer_main.run(_flags(
         f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
         f"--feature_fps={FPS}", "--subset=test", f"--output={output}"))
-  with pytest.raises(eval_io.EvaluationFormatError, match="no video has subset 'training'"):
+  with pytest.raises(eval_io.EvaluationFormatError, match=r"subset \['training'\] not found"):
     infer_main.run(_flags(
         f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
         f"--feature_fps={FPS}", f"--annotations={annotations}", "--subset=training",
