@@ -5,7 +5,7 @@ from tal_tf.utils import config_util
 
 
 def build(reader_config, num_classes, is_training, input_context=None, seed=None,
-          fields=None, batch_size=None):
+          batch_size=None, fields=None):
   """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
 
   `fields`: the model's `input_fields` (InputFields keys it trains on; None = every known

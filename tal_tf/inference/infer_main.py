@@ -137,7 +137,7 @@ def run(fv):
     raise app.UsageError("--output is required")
   detector = load_detector(fv)
   source = feature_source(fv, detector.stream_dims)
-  defaults = inference_lib.post_processing_defaults(detector.config)
+  defaults = inference_lib.post_processing_defaults(detector)
   window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
   overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
   iou = defaults["nms_iou_threshold"] if fv.nms_iou_threshold is None else fv.nms_iou_threshold
@@ -149,6 +149,8 @@ def run(fv):
       progress_every=100)
   id_to_name = label_map_util.id_to_name_if_exists(fv.label_map or detector.label_map_path)
   eval_io.write_results(fv.output, inference_lib.to_results(result.detections, id_to_name))
+  if fv.proposals_output and not detector.model_info.get("has_proposals", True):
+    raise app.UsageError("--proposals_output: this model has no proposals")
   if fv.proposals_output:
     eval_io.write_results(fv.proposals_output, {
         v: dict(segments=p["segments"], scores=p["scores"], labels=None)

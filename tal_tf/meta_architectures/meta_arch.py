@@ -92,7 +92,12 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
     return SEGMENT_GROUNDTRUTH
 
   def preprocess(self, inputs):
-    """Model-specific transform of a padded batch dict before `predict` (default: none)."""
+    """Model-specific transform of a padded batch dict before `predict` (default: none).
+
+    `inputs` holds at least InputFields.features / num_steps / feature_fps (and, in
+    training, the ground truth of `input_fields`); the same keys come back. It runs in
+    training, evaluation and the exported serving function alike (core TF ops only).
+    """
     return inputs
 
   # ------------------------------------------------------------------ how it trains

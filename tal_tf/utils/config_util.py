@@ -111,28 +111,24 @@ def validate_pipeline_config(config, source="<config>"):
   """Checks required values and cross-field consistency; raises ConfigError."""
   _require(config.HasField("model") and config.model.WhichOneof("model"), source, "model",
            "a model (e.g. tal_net { ... }) is required")
-  arch = config.model.WhichOneof("model")
-  model = getattr(config.model, arch)
-  if arch == "tal_net":
-    _require(model.num_classes > 0, source, "model.tal_net.num_classes",
-             f"must be > 0, got {model.num_classes}")
-    _require(len(model.streams) > 0, source, "model.tal_net.streams",
-             "at least one stream name is required")
-  readers = []
-  if config.HasField("train_input_reader"):
-    validate_input_reader(config.train_input_reader, source, "train_input_reader")
-    readers.append(("train_input_reader", config.train_input_reader))
-  if config.HasField("eval_input_reader"):
-    validate_input_reader(config.eval_input_reader, source, "eval_input_reader")
-    readers.append(("eval_input_reader", config.eval_input_reader))
-  if arch == "tal_net":
-    for name, reader in readers:
-      available = {s.name for s in reader.streams}
-      for stream in model.streams:
-        _require(stream in available, source, f"model.tal_net.streams",
-                 f"stream {stream!r} is not declared in {name}.streams "
-                 f"(declared: {sorted(available)})")
+  # Model-specific fields are checked by the model's builder; the model's streams are
+  # checked against the readers' once it is built (it declares them: model.stream_names).
+  for name in ("train_input_reader", "eval_input_reader"):
+    if config.HasField(name):
+      validate_input_reader(getattr(config, name), source, name)
   return config
+
+
+def check_model_streams(config, stream_names, source="<config>"):
+  """Checks every declared input reader provides the streams a built model reads."""
+  for name in ("train_input_reader", "eval_input_reader"):
+    if not config.HasField(name):
+      continue
+    available = [s.name for s in getattr(config, name).streams]
+    for stream in stream_names:
+      _require(stream in available, source, f"{name}.streams",
+               f"the model reads stream {stream!r}, which is not declared here (declared: "
+               f"{available})")
 
 
 def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):
