@@ -4,11 +4,11 @@ Each `InputField` row says, for one `InputFields` key, everything the data layer
 it: which record keys it reads (`tf.io` parse specs), how its tensor is decoded from the
 parsed record (one decoder serves the single-record and the batched parsers: the batched
 tensors just carry a leading batch axis), its padded shape and pad value in a batch, how a
-temporal crop changes it, and whether the loss receives it as ground truth. The
-SequenceExample parsers, the temporal crop, the input pipeline's padding and the
-ground-truth whitelist all read this table, so a new field is one new row in `FIELDS`.
+temporal crop changes it. The SequenceExample parsers, the temporal crop and the input
+pipeline's padding all read this table, so a new field is one new row in `FIELDS`.
 
-A meta-architecture declares the fields it trains on (`input_fields`); `resolve` adds the
+A meta-architecture declares the fields it trains on (`input_fields`: table keys, checked
+by `resolve`; `model.loss` receives exactly those); `resolve` adds the
 fields every batch carries (`ALWAYS`), the segment ground truth evaluation always needs
 (`EVAL_GROUNDTRUTH`) and the fields a row's decoder or crop rule reads (`requires`).
 """
@@ -201,7 +201,7 @@ def _crop_video_labels(value, window):
 # ------------------------------------------------------------------ the table
 class InputField(collections.namedtuple("InputField", [
     "key", "context_specs", "decode", "pad_shape", "pad_value", "dtype", "crop",
-    "groundtruth", "requires"])):
+    "requires"])):
   """One row of the field table.
 
   key: InputFields key. context_specs: {SequenceExample context key: tf.io spec} it reads.
@@ -209,8 +209,8 @@ class InputField(collections.namedtuple("InputField", [
     when the record was parsed batched; `lengths` is None for a single record).
   pad_shape(time_dim, max_segments, num_classes, stream_dims) -> padded shape of one video.
   pad_value / dtype: padding value in a batch and its dtype. crop(value, CropWindow) ->
-  cropped value. groundtruth: passed to `model.loss`. requires: other fields the decoder or
-  crop rule reads (parsed along, dropped from the output unless asked for).
+  cropped value. requires: other fields the decoder or crop rule reads (parsed along,
+  dropped from the output unless asked for).
   """
 
 
@@ -227,28 +227,28 @@ FIELDS = collections.OrderedDict((row.key, row) for row in [
     InputField(
         F.video_id, {SEF.video_id: tf.io.FixedLenFeature([], tf.string)},
         lambda c, s, l, d, n: c[SEF.video_id], _scalar, "", tf.string, _crop_unchanged,
-        False, ()),
+        ()),
     InputField(
         F.duration, {SEF.duration: tf.io.FixedLenFeature([], tf.float32)},
         lambda c, s, l, d, n: c[SEF.duration], _scalar, 0.0, tf.float32, _crop_unchanged,
-        False, ()),
+        ()),
     InputField(
         F.feature_fps, {SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32)},
         lambda c, s, l, d, n: c[SEF.feature_fps], _scalar, 0.0, tf.float32, _crop_unchanged,
-        False, ()),
+        ()),
     InputField(
         F.num_steps, {SEF.num_steps: tf.io.FixedLenFeature([], tf.int64)},
         lambda c, s, l, d, n: tf.cast(c[SEF.num_steps], tf.int32), _scalar, 0, tf.int32,
-        _crop_num_steps, False, ()),
+        _crop_num_steps, ()),
     InputField(
         F.features, {SEF.num_steps: tf.io.FixedLenFeature([], tf.int64)},
         lambda c, s, l, d, n: _decode_features(c, s, l, d),
         lambda t, g, n, d: {stream: [t, int(dim)] for stream, dim in d.items()},
-        0.0, tf.float32, _crop_features, False, ()),
+        0.0, tf.float32, _crop_features, ()),
     InputField(
         F.window_offset, {SEF.num_steps: tf.io.FixedLenFeature([], tf.int64)},
         lambda c, s, l, d, n: tf.zeros_like(c[SEF.num_steps], tf.int32), _scalar, 0,
-        tf.int32, _crop_window_offset, False, ()),
+        tf.int32, _crop_window_offset, ()),
     InputField(
         F.segments,
         {SEF.segment_start: tf.io.VarLenFeature(tf.float32),
@@ -256,27 +256,27 @@ FIELDS = collections.OrderedDict((row.key, row) for row in [
          SEF.segment_label: tf.io.VarLenFeature(tf.int64),
          SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32)},
         lambda c, s, l, d, n: _segments_seconds(c) * c[SEF.feature_fps][..., None, None],
-        lambda t, g, n, d: [g, 2], 0.0, tf.float32, _crop_segments, True, ()),
+        lambda t, g, n, d: [g, 2], 0.0, tf.float32, _crop_segments, ()),
     InputField(
         F.segments_seconds,
         {SEF.segment_start: tf.io.VarLenFeature(tf.float32),
          SEF.segment_end: tf.io.VarLenFeature(tf.float32),
          SEF.segment_label: tf.io.VarLenFeature(tf.int64)},
         lambda c, s, l, d, n: _segments_seconds(c),
-        lambda t, g, n, d: [g, 2], 0.0, tf.float32, _crop_segments_seconds, False,
+        lambda t, g, n, d: [g, 2], 0.0, tf.float32, _crop_segments_seconds,
         (F.segments, F.feature_fps)),
     InputField(
         F.labels, {SEF.segment_label: tf.io.VarLenFeature(tf.int64)},
         lambda c, s, l, d, n: tf.cast(_dense(c[SEF.segment_label]), tf.int32),
-        _segment_slots, 0, tf.int32, _crop_per_segment, True, (F.segments,)),
+        _segment_slots, 0, tf.int32, _crop_per_segment, (F.segments,)),
     InputField(
         F.num_segments, {SEF.segment_label: tf.io.VarLenFeature(tf.int64)},
         lambda c, s, l, d, n: _per_example_count(c[SEF.segment_label]), _scalar, 0, tf.int32,
-        _crop_num_segments, True, (F.segments,)),
+        _crop_num_segments, (F.segments,)),
     InputField(
         F.video_labels, {SEF.video_labels: tf.io.VarLenFeature(tf.int64)},
         lambda c, s, l, d, n: _sparse_multi_hot(c[SEF.video_labels], n, "video/labels"),
-        lambda t, g, n, d: [n], 0.0, tf.float32, _crop_video_labels, True,
+        lambda t, g, n, d: [n], 0.0, tf.float32, _crop_video_labels,
         (F.segments, F.labels)),
 ])
 
@@ -284,8 +284,6 @@ FIELDS = collections.OrderedDict((row.key, row) for row in [
 ALWAYS = (F.video_id, F.duration, F.feature_fps, F.num_steps, F.features, F.window_offset)
 # Segment ground truth: the evaluator scores detections against it, for every model.
 EVAL_GROUNDTRUTH = (F.segments, F.segments_seconds, F.labels, F.num_segments)
-# What `model.loss` receives.
-GROUNDTRUTH = tuple(key for key, row in FIELDS.items() if row.groundtruth)
 
 
 def _check_known(fields):
@@ -373,7 +371,3 @@ def pad_values(keys, stream_dims):
     out[key] = {stream: value for stream in stream_dims} if key == F.features else value
   return out
 
-
-def groundtruth(batch):
-  """The ground-truth part of a batch dict: what `model.loss` receives (GROUNDTRUTH keys)."""
-  return {key: batch[key] for key in GROUNDTRUTH if key in batch}

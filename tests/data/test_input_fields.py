@@ -53,7 +53,6 @@ def test_resolve_adds_always_eval_groundtruth_and_requirements():
     input_fields.resolve(("bogus",))
   with pytest.raises(ValueError, match="video_labels.*needs num_classes"):
     input_fields.resolve((F.video_labels,), num_classes=None)
-  assert input_fields.GROUNDTRUTH == (F.segments, F.labels, F.num_segments, F.video_labels)
 
 
 def _batches(dataset, n):
@@ -112,7 +111,7 @@ def test_a_new_field_is_one_table_row(records, monkeypatch):
   row = input_fields.InputField(
       "num_video_labels", {SEF.video_labels: tf.io.VarLenFeature(tf.int64)},
       lambda c, s, l, d, n: input_fields._per_example_count(c[SEF.video_labels]),  # pylint: disable=protected-access
-      lambda t, g, n, d: [], -1, tf.int32, lambda value, window: value, False, ())
+      lambda t, g, n, d: [], -1, tf.int32, lambda value, window: value, ())
   table = collections.OrderedDict(input_fields.FIELDS)
   table[row.key] = row
   monkeypatch.setattr(input_fields, "FIELDS", table)
@@ -127,10 +126,3 @@ def test_a_new_field_is_one_table_row(records, monkeypatch):
       fields=("num_video_labels",))
   np.testing.assert_array_equal(parsed["num_video_labels"].numpy(), [2, 1, 2, 1])
 
-
-def test_groundtruth_whitelist():
-  batch = {key: key for key in input_fields.FIELDS}
-  assert set(input_fields.groundtruth(batch)) == {F.segments, F.labels, F.num_segments,
-                                                  F.video_labels}
-  del batch[F.video_labels]
-  assert F.video_labels not in input_fields.groundtruth(batch)
