@@ -12,7 +12,7 @@ import collections
 import os
 import re
 
-from tal_tf.utils import file_util
+from tal_tf.utils import atomic_files
 
 LabelMapItem = collections.namedtuple("LabelMapItem", ["id", "name", "display_name"])
 LabelMapItem.__doc__ = "One label-map entry: integer id (>= 1), name, display_name (or None)."
@@ -240,7 +240,7 @@ def label_map_to_text(items):
 
 def write_label_map(path, items):
   """Writes items as a label-map text file (sorted by id), atomically; creates parent dirs."""
-  file_util.atomic_write_text(path, label_map_to_text(items))
+  atomic_files.write_text(path, label_map_to_text(items))
 
 
 def items_from_class_names(names):

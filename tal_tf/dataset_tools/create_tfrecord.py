@@ -41,7 +41,7 @@ from tal_tf.data import label_map_util
 from tal_tf.dataset_tools import annotations as annotations_lib
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import quirks
-from tal_tf.utils import file_util
+from tal_tf.utils import atomic_files
 
 
 class ConversionError(ValueError):
@@ -105,6 +105,32 @@ def feature_source_from_flags(fv):
   return feature_readers.Hdf5Source(feature_readers.hdf5_files(fv.hdf5_features), dims)
 
 
+def resolve_label_map(database, video_ids, annotations_path, label_map_path, ignore_classes):
+  """(label-map items, written?): reads `label_map_path` if it exists, else writes it from
+  the classes of the whole database (sorted by name, ids from 1). Raises ValueError when a
+  class of the selected videos is missing from it (checked before anything is written, so
+  a wrong label map leaves no partial shards behind)."""
+  if os.path.exists(label_map_path):
+    items = label_map_util.load_label_map(label_map_path)
+    written = False
+  else:
+    names = annotations_lib.class_names(database, ignore_classes)
+    if not names:
+      raise ValueError(f"{annotations_path}: no classes found to write label map "
+                       f"{label_map_path!r}")
+    items = label_map_util.items_from_class_names(names)
+    label_map_util.write_label_map(label_map_path, items)
+    written = True
+  known = {it.name for it in items}
+  unknown = sorted(set(annotations_lib.class_names(
+      {v: database[v] for v in video_ids}, ignore_classes)) - known)
+  if unknown:
+    raise ValueError(f"{annotations_path}: classes {unknown} of the selected videos are not "
+                     f"in label map {label_map_path!r}; add them to the label map or list "
+                     f"them in --ignore_classes")
+  return items, written
+
+
 def shard_paths(output_prefix, num_shards):
   """Output file names `<prefix>-00000-of-0000N.tfrecord`."""
   return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
@@ -134,10 +160,11 @@ def stale_shards(output_prefix, num_shards):
   return out
 
 
-class _Progress:
-  """Prints progress lines to stderr every few seconds on long runs."""
+class Progress:
+  """Prints progress lines (done/total, rate, ETA) to stderr every few seconds on long runs."""
 
-  def __init__(self, total, every_seconds, stream):
+  def __init__(self, total, every_seconds, stream, name="create_tfrecord"):
+    self.name = name
     self.total = total
     self.every = every_seconds
     self.stream = stream
@@ -153,7 +180,7 @@ class _Progress:
     self.last = now
     rate = done / max(now - self.start, 1e-9)
     eta = (self.total - done) / max(rate, 1e-9)
-    print(f"[create_tfrecord] {done}/{self.total} videos ({written} written), "
+    print(f"[{self.name}] {done}/{self.total} videos ({written} written), "
           f"{rate:.1f} videos/s, ETA {eta:.0f} s", file=self.stream, flush=True)
 
 
@@ -228,24 +255,9 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
   report = quirks.QuirkReport()
   database = annotations_lib.load_database(annotations_path)
   video_ids = annotations_lib.select_videos(database, subset, annotations_path, report)
-  if os.path.exists(label_map_path):
-    items = label_map_util.load_label_map(label_map_path)
-    label_map_written = False
-  else:
-    names = annotations_lib.class_names(database, ignore_classes)
-    if not names:
-      raise ValueError(f"{annotations_path}: no classes found to write label map "
-                       f"{label_map_path!r}")
-    items = label_map_util.items_from_class_names(names)
-    label_map_written = True
+  items, label_map_written = resolve_label_map(database, video_ids, annotations_path,
+                                               label_map_path, ignore_classes)
   name_to_id = {it.name: it.id for it in items}
-  # Checked before writing anything, so a wrong label map leaves no partial shards behind.
-  unknown = sorted(set(annotations_lib.class_names(
-      {v: database[v] for v in video_ids}, ignore_classes)) - set(name_to_id))
-  if unknown:
-    raise ValueError(f"{annotations_path}: classes {unknown} of the selected videos are not "
-                     f"in label map {label_map_path!r}; add them to the label map or list "
-                     f"them in --ignore_classes")
 
   # One tolerance for this conversion: stream lengths (checked by the source) and steps vs
   # duration x rate.
@@ -254,19 +266,17 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
   # Deferred so `--help` and errors in flags, annotations or label map come fast.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tal_tf.data import sequence_example  # pylint: disable=g-import-not-at-top
-  if label_map_written:
-    label_map_util.write_label_map(label_map_path, items)
   out_dir = os.path.dirname(os.path.abspath(output_prefix))
   os.makedirs(out_dir, exist_ok=True)
   # Temporaries of killed earlier runs (their process is gone) are deleted first.
-  file_util.remove_stale_temporaries(
+  atomic_files.remove_stale_temporaries(
       out_dir, _shard_name_pattern(output_prefix) + "|"
       + re.escape(os.path.basename(summary_json or summary_path(output_prefix))))
   paths = shard_paths(output_prefix, int(num_shards))
-  temps = [file_util.temporary_path(p) for p in paths]
+  temps = [atomic_files.temp_name(p) for p in paths]
   final_summary = summary_json or summary_path(output_prefix)
-  temp_summary = file_util.temporary_path(final_summary)
-  progress = _Progress(len(video_ids), progress_every_seconds, progress_stream)
+  temp_summary = atomic_files.temp_name(final_summary)
+  progress = Progress(len(video_ids), progress_every_seconds, progress_stream)
   num_written = 0
   num_segments = 0
   shard_records = [0] * len(paths)
@@ -338,7 +348,7 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
 def _write_error(error, path):
   """One-line description of a failed write of `path` (OSError or a TensorFlow error)."""
   if isinstance(error, OSError):
-    return f"cannot write {file_util.describe_os_error(error, path)}"
+    return f"cannot write {atomic_files.describe_os_error(error, path)}"
   message = str(getattr(error, "message", error)).strip().splitlines()[0]
   if "space left" in message.lower():
     message = "no space left on device"
@@ -444,7 +454,7 @@ def main(argv):
 def _one_line(error):
   """An exception's message on one line (OSErrors name their file)."""
   if isinstance(error, OSError) and error.filename:
-    return file_util.describe_os_error(error, error.filename)
+    return atomic_files.describe_os_error(error, error.filename)
   return " ".join(str(error).split())
 
 

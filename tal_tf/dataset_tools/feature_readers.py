@@ -33,9 +33,14 @@ _NUMERIC_KINDS = "fiu"  # float, signed int, unsigned int; everything else is re
 
 
 class FeatureError(ValueError):
-  """A video's features cannot be used; `kind` is a quirks.QUIRK_KINDS key."""
+  """A video's features cannot be used; `kind` is a quirks.QUIRK_KINDS key.
 
-  def __init__(self, kind, message):
+  FeatureError(kind, message), or FeatureError(message) for a reason without a quirk kind
+  (counted as features_malformed)."""
+
+  def __init__(self, kind, message=None):
+    if message is None:
+      kind, message = "features_malformed", kind
     super().__init__(message)
     self.kind = kind
     self.message = message

@@ -36,6 +36,7 @@ Case = collections.namedtuple("Case", ["name", "config", "steps_per_phase", "kil
 CASES = [
     Case("tal_net", os.path.join(REPO, "configs", "tal_net_embedded.config"), 4, False),
     Case("toy", TOY_CONFIG, 4, True),
+    Case("scnn", os.path.join(REPO, "configs", "scnn_embedded.config"), 4, False),
 ]
 
 
