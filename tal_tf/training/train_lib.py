@@ -413,14 +413,14 @@ class Trainer:
       if (_crossed(step, n, train_config.checkpoint_every_n_steps) or
           (step == phase.end and step < target)):
         # Phase ends are always checkpointed: the next phase may rely on this one's weights.
-        manager.save(checkpoint_number=step, check_interval=False)
+        checkpoint_util.save_or_explain(manager, step)
         saved = True
       if eval_every and _crossed(step, n, eval_every) and step < target:
         if not saved:
-          manager.save(checkpoint_number=step, check_interval=False)
+          checkpoint_util.save_or_explain(manager, step)
         evaluate_fn(step)
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-      manager.save(checkpoint_number=step, check_interval=False)
+      checkpoint_util.save_or_explain(manager, step)
     writer.close()
     return step
 

@@ -7,8 +7,8 @@ Every tal_tf CLI calls `cli.run(main)` instead of `absl.app.run(main)`:
 - an error the library raises on bad input or a failing machine (ValueError and its
   subclasses ConfigError / ExportError / DataMismatchError / LabelMapError / ..., OSError
   such as a missing file or a full disk, FloatingPointError from a diverged loss, a
-  TensorFlow OpError such as a corrupt record, plus the CLI's own `errors`): the same one
-  line, exit code 1;
+  TensorFlow OpError such as a corrupt record, any exception class defined in tal_tf (e.g.
+  ModelDirInUseError), plus the CLI's own `errors`): the same one line, exit code 1;
 - Ctrl-C: one line, exit code 130.
 
 Their messages already name the file, field or flag; a traceback would only bury them.
@@ -39,6 +39,14 @@ def library_errors(extra=()):
   if tf_errors is not None:
     types.append(tf_errors.OpError)
   return tuple(types)
+
+
+def is_library_error(error, extra=()):
+  """True for the errors reported as one line: `library_errors`, and every exception class
+  tal_tf defines itself (e.g. ModelDirInUseError), whatever its base."""
+  if isinstance(error, library_errors(extra)):
+    return True
+  return any(cls.__module__.split(".")[0] == "tal_tf" for cls in type(error).__mro__)
 
 
 def one_line(error):
@@ -83,7 +91,7 @@ def guard(main, errors=()):
     except KeyboardInterrupt:
       return fail("interrupted", EXIT_INTERRUPTED)
     except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, library_errors(errors)) and not os.environ.get(TRACEBACK_ENV):
+      if is_library_error(e, errors) and not os.environ.get(TRACEBACK_ENV):
         return fail(e, EXIT_ERROR)
       raise
 

@@ -309,8 +309,14 @@ def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):
   """Writes `config` as text proto to `directory`/`filename`; returns the path."""
   tf.io.gfile.makedirs(directory)
   path = os.path.join(directory, filename)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text_format.MessageToString(config))
+  text = text_format.MessageToString(config)
+  if "://" in path:  # A remote file system (e.g. gs://) writes objects whole anyway.
+    with tf.io.gfile.GFile(path, "w") as f:
+      f.write(text)
+  else:
+    # A full disk or a kill mid-write must not leave a truncated config of the run.
+    from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
+    atomic_files.write_text(path, text)
   return path
 
 

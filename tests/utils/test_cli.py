@@ -182,6 +182,9 @@ def test_guard_reports_library_errors_and_keeps_bugs(capsys, monkeypatch):
   assert capsys.readouterr().err.endswith("error: cfg.config: field x: bad\n")
   assert raising(OSError(28, "No space left on device"))([]) == cli.EXIT_ERROR
   assert "No space left on device" in capsys.readouterr().err
+  from tal_tf.training import checkpoint_util  # pylint: disable=g-import-not-at-top
+  assert raising(checkpoint_util.ModelDirInUseError("m is in use by pid 1"))([]) == 1
+  assert capsys.readouterr().err.endswith("error: m is in use by pid 1\n")
   assert raising(KeyboardInterrupt())([]) == cli.EXIT_INTERRUPTED
   with pytest.raises(KeyError):  # A bug keeps its traceback.
     raising(KeyError("k"))([])
