@@ -265,7 +265,8 @@ def test_checkpoint_errors_are_clear(exported, tmp_path):
     exporter_lib.resolve_checkpoint(str(tmp_path / "ckpt-9"))
   other = config_util.parse_pipeline_text(
       tiny_model.CONFIG.replace("num_filters: 16", "num_filters: 8")
-      % dict(label_map="x", max_detections=5, window=0))
+      % dict(label_map="x", max_detections=5, window=0, rgb_dim=tiny_model.STREAM_DIMS["rgb"],
+             flow_dim=tiny_model.STREAM_DIMS["flow"]))
   with pytest.raises(exporter_lib.ExportError, match="does not match the model"):
     exporter_lib.build_detection_module(other, exported["checkpoint"])
 
