@@ -118,7 +118,7 @@ def test_piecewise_schedule_validates_lengths():
 
 
 def test_reserved_meta_architectures_fail_clearly():
-  for name in ("scnn", "wtal", "etp"):
+  for name in ("wtal", "etp"):
     config = model_pb2.Model()
     getattr(config, name).SetInParent()
     with pytest.raises(NotImplementedError, match=name):
