@@ -35,7 +35,10 @@ TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
 Case = collections.namedtuple("Case", ["name", "config", "steps_per_phase", "kill_in_last"])
 CASES = [
     Case("tal_net", os.path.join(REPO, "configs", "tal_net_embedded.config"), 4, False),
+    Case("wtal", os.path.join(REPO, "configs", "wtal_embedded.config"), 4, False),
     Case("toy", TOY_CONFIG, 4, True),
+    Case("scnn", os.path.join(REPO, "configs", "scnn_embedded.config"), 4, False),
+    Case("etp", os.path.join(REPO, "configs", "etp_embedded.config"), 4, False),
 ]
 
 
@@ -209,4 +212,5 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
         f"--output_json={metrics_json}"])
   with open(metrics_json) as f:
     evaluated = json.load(f)
-  assert "detection" in evaluated
+  assert len(evaluated["mAP"]) == len(evaluated["tiou_thresholds"]) > 0
+  assert 0.0 <= evaluated["average_mAP"] <= 1.0
