@@ -11,6 +11,14 @@ From a pipeline config and a training checkpoint (no export needed):
   python -m tal_tf.inference.infer_main --pipeline_config=configs/x.config \
       --checkpoint=runs/x --tfrecords='data/thumos14_test.tfrecord-*' --output=results.json
 
+From raw video (a file or a folder), with the extractor the training features were made
+with (feature_extractor.json, written by tal_tf.dataset_tools.extract_features), and a
+picture of the detections over each video's time axis:
+
+  python -m tal_tf.inference.infer_main --saved_model_dir=serving/tal_net \
+      --video=clip.mp4 --feature_extractor=features/feature_extractor.json \
+      --output=results.json --timeline_png=timeline.png
+
 Inputs: `--features` (one .npy directory per stream, read window by window), `--hdf5_features` (one
 file of [T, sum(D)] datasets split in model stream order, or `rgb:a.h5,flow:b.h5`), or
 `--tfrecords` (converter output; feature_fps is read from the records). Videos longer than
@@ -27,7 +35,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -49,6 +56,14 @@ def define_flags(flag_values=flags.FLAGS):
                       "(model stream order), or 'rgb:a.h5,flow:b.h5'.", flag_values=fv)
   flags.DEFINE_list("tfrecords", None, "SequenceExample TFRecord file patterns.",
                     flag_values=fv)
+  flags.DEFINE_string("video", None, "A video file or a folder of videos (decoded and "
+                      "featurized with --feature_extractor).", flag_values=fv)
+  flags.DEFINE_string("feature_extractor", None, "feature_extractor.json written by "
+                      "extract_features beside the training features (with --video).",
+                      flag_values=fv)
+  flags.DEFINE_string("timeline_png", None, "Optional PNG of the detections over each "
+                      "video's time axis (with the ground truth of --annotations if given).",
+                      flag_values=fv)
   flags.DEFINE_float("feature_fps", None, "Feature steps per second (--features and "
                      "--hdf5_features; TFRecords carry their own).", flag_values=fv)
   flags.DEFINE_string("annotations", None, "Annotation JSON; with --subset, only that "
@@ -117,42 +132,39 @@ def selected_video_ids(fv):
 
 
 def feature_source(fv, stream_dims):
-  """The feature source named by exactly one of --features / --hdf5_features / --tfrecords."""
-  from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
-  given = [n for n in ("features", "hdf5_features", "tfrecords") if getattr(fv, n)]
-  if len(given) != 1:
-    raise app.UsageError("give exactly one of --features, --hdf5_features or --tfrecords")
-  video_ids = selected_video_ids(fv)
-  if fv.features:
-    return feature_sources.NpyDirSource(_parse_stream_paths(fv.features), stream_dims,
-                                        fv.feature_fps, video_ids)
-  if fv.hdf5_features:
-    files = fv.hdf5_features
-    if ":" in files and not os.path.isfile(files):
-      files = _parse_stream_paths(files)
-    return feature_sources.Hdf5Source(files, stream_dims, fv.feature_fps, video_ids)
-  return feature_sources.TfRecordSource(fv.tfrecords, stream_dims, video_ids)
-
-
-def _parse_stream_paths(text):
-  """'rgb:DIR,flow:DIR' -> OrderedDict; a malformed list is a usage error."""
+  """The feature source named by exactly one of --features / --hdf5_features / --tfrecords
+  (tal_tf.dataset_tools.feature_readers.open_source) / --video; a bad choice is a usage
+  error."""
   from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
+  given = [n for n in ("features", "hdf5_features", "tfrecords", "video")
+           if getattr(fv, n, None)]
+  if len(given) != 1:
+    raise app.UsageError("give exactly one of --features, --hdf5_features, --tfrecords or "
+                         "--video")
+  video_ids = selected_video_ids(fv)
+  if given == ["video"]:
+    return _video_source(fv, stream_dims, video_ids)
   try:
-    return feature_readers.parse_stream_paths(text)
+    return feature_readers.open_source(
+        stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,
+        tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=video_ids)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 
 
-def _id_to_name(path):
-  from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
-  if path and os.path.isfile(path):
-    return label_map_util.get_id_to_name(path)
-  logging.warning("no label map found (%s): classes are written as class_<id>", path)
-  return {}
+def _video_source(fv, stream_dims, video_ids):
+  """VideoSource of --video featurized by --feature_extractor."""
+  from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+  from tal_tf.video import feature_extraction  # pylint: disable=g-import-not-at-top
+  if not fv.feature_extractor:
+    raise app.UsageError("--video needs --feature_extractor (feature_extractor.json)")
+  extractor = feature_extraction.FeatureExtractor.from_spec(fv.feature_extractor)
+  return video_source.VideoSource(fv.video, extractor, stream_dims, video_ids)
 
 
 def run(fv):
   """Runs inference as configured by parsed flags; returns the InferenceResult."""
+  from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
@@ -169,8 +181,17 @@ def run(fv):
       proposal_nms_iou_threshold=defaults["proposal_nms_iou_threshold"],
       max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],
       progress_every=100)
-  id_to_name = _id_to_name(fv.label_map or detector.label_map_path)
-  eval_io.write_results(fv.output, inference_lib.to_results(result.detections, id_to_name))
+  id_to_name = label_map_util.id_to_name_if_exists(fv.label_map or detector.label_map_path)
+  results = inference_lib.to_results(result.detections, id_to_name)
+  eval_io.write_results(fv.output, results)
+  if fv.timeline_png and results:
+    from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+    groundtruth = None
+    if getattr(fv, "annotations", None):
+      groundtruth = eval_io.load_annotations(fv.annotations, subset=fv.subset)
+    video_source.write_timeline_png(fv.timeline_png, results,
+                                    getattr(source, "durations", None),
+                                    groundtruth=groundtruth)
   if fv.proposals_output and not detector.model_info.get("has_proposals", True):
     raise app.UsageError("--proposals_output: this model has no proposals")
   if fv.proposals_output:
