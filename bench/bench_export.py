@@ -84,7 +84,7 @@ def export_model(work, threads):
   config.train_input_reader.label_map_path = ""
   tf_keras.utils.set_random_seed(0)
   model = model_builder.build(config.model)
-  dims = exporter_lib.stream_dims_from_config(config)
+  dims = exporter_lib.stream_dims_from_config(config, model)
   exporter_lib._build_variables(model, dims)  # pylint: disable=protected-access
   tf.train.Checkpoint(model=model).save(os.path.join(work, "train", "ckpt"))
   start = time.perf_counter()

@@ -5,12 +5,13 @@ from tal_tf.utils import config_util
 
 
 def build(reader_config, num_classes, is_training, input_context=None, seed=None,
-          batch_size=None):
+          batch_size=None, fields=None):
   """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
 
   `batch_size` overrides the reader's global batch size (e.g. eval on one video at a time);
   with an `input_context`, `build_dataset` derives the per-replica batch from the global one.
   """
+  del fields  # The model's input fields; every known field is parsed for now.
   batch = int(batch_size or reader_config.batch_size)
   return input_pipeline.build_dataset(
       file_pattern=list(reader_config.input_path),

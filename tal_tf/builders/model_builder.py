@@ -4,6 +4,8 @@ Each meta-architecture has its own builder module that registers itself; importi
 here (like Model Garden's registry_imports) makes every `model { <name> { ... } }` buildable.
 """
 
+import importlib
+
 # pylint: disable=unused-import
 from tal_tf.builders import etp_builder
 from tal_tf.builders import scnn_builder
@@ -19,4 +21,18 @@ def build(model_config):
   if choice is None:
     raise ValueError(f"model: no meta-architecture set; expected one of "
                      f"{META_ARCHITECTURES.names()}")
+  if choice == "external":
+    return _build_external(model_config.external)
   return META_ARCHITECTURES.get(choice)(getattr(model_config, choice))
+
+
+def _build_external(config):
+  """model.external: imports the module that registers the builder, then calls it."""
+  if not config.module or not config.name:
+    raise ValueError("model.external: both module (to import) and name (its registered "
+                     "builder) are required")
+  try:
+    importlib.import_module(config.module)
+  except ImportError as e:
+    raise ValueError(f"model.external.module: cannot import {config.module!r}: {e}") from None
+  return META_ARCHITECTURES.get(config.name)(**dict(config.params))

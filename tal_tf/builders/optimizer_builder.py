@@ -86,7 +86,16 @@ def _adam(config, learning_rate):
 
 @OPTIMIZERS.register("momentum")
 def _momentum(config, learning_rate):
-  return tf_keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum)
+  # weight_decay is not passed to Keras (whose SGD decays decoupled from the gradient):
+  # the trainer adds it to the gradient as an L2 term (see l2_weight_decay).
+  return tf_keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum,
+                                 nesterov=config.nesterov)
+
+
+def l2_weight_decay(config):
+  """The L2 coefficient the trainer adds to kernel gradients (momentum's weight_decay)."""
+  choice = config.WhichOneof("optimizer_oneof") or "adam"
+  return float(config.momentum.weight_decay) if choice == "momentum" else 0.0
 
 
 def build(config):

@@ -6,6 +6,7 @@ Layout written under `output_directory` (a TF Serving model base path)::
   <output_directory>/<version>/variables/          weights
   <output_directory>/<version>/pipeline.config     the config the model was built from
   <output_directory>/<version>/label_map.pbtxt     class names (when a label map is known)
+  <output_directory>/<version>/model_info.json     streams, outputs, window merging (tools)
   <output_directory>/<version>/checkpoint/ckpt-1   model-only checkpoint of the same weights
 
 TF Serving reads only `saved_model.pb`, `variables/` and `assets/` of a version directory and
@@ -17,8 +18,9 @@ Signatures (input and output names are the constants below):
   serving_default: <stream> float32 [B, T, D_stream] per stream, num_steps int32 [B],
       feature_fps float32 [B]  ->  detection_segments [B, N, 2] (seconds),
       detection_scores [B, N], detection_classes int32 [B, N] (label-map ids, 0 = padding),
-      num_detections int32 [B], proposal_segments [B, P, 2] (seconds), proposal_scores [B, P],
-      num_proposals int32 [B].
+      num_detections int32 [B] (REQUIRED_OUTPUTS, every model), plus the model's optional
+      outputs (`model.optional_outputs`), e.g. TAL-Net's proposal_segments [B, P, 2]
+      (seconds), proposal_scores [B, P], num_proposals int32 [B].
   tf_example: examples string [B] (serialized SequenceExamples) -> the same outputs plus
       video_id string [B]; num_steps and feature_fps are read from each record.
 
@@ -29,6 +31,7 @@ B = 0 give empty results.
 """
 
 import collections
+import json
 import os
 import shutil
 import tempfile
@@ -39,7 +42,9 @@ from google.protobuf import text_format
 
 from tal_tf.builders import model_builder
 from tal_tf.core.standard_fields import DetectionFields
+from tal_tf.core.standard_fields import InputFields
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
+from tal_tf.meta_architectures import meta_arch
 from tal_tf.utils import config_util
 
 SERVING_SIGNATURE = "serving_default"
@@ -50,18 +55,12 @@ EXAMPLES_INPUT = "examples"
 VIDEO_ID_OUTPUT = "video_id"
 RESERVED_INPUT_NAMES = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, EXAMPLES_INPUT)
 
-DETECTION_OUTPUTS = (
-    DetectionFields.detection_segments,
-    DetectionFields.detection_scores,
-    DetectionFields.detection_classes,
-    DetectionFields.num_detections,
-    DetectionFields.proposal_segments,
-    DetectionFields.proposal_scores,
-    DetectionFields.num_proposals,
-)
+# Outputs of every exported model; a model adds its optional outputs.
+DETECTION_OUTPUTS = meta_arch.REQUIRED_OUTPUTS
 
 PIPELINE_CONFIG_NAME = config_util.PIPELINE_CONFIG_NAME
 LABEL_MAP_NAME = "label_map.pbtxt"
+MODEL_INFO_NAME = "model_info.json"
 CHECKPOINT_DIR_NAME = "checkpoint"
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -197,7 +196,7 @@ class DetectionModule(tf.Module):
   # ------------------------------------------------------------------ detection
   def detect(self, features, num_steps, feature_fps):
     """Validated batch detection: features {stream: [B, T, D]}, num_steps [B], fps [B] ->
-    dict of DETECTION_OUTPUTS (segments in seconds, N = max_detections)."""
+    dict of the model's output fields (segments in seconds, N = max_detections)."""
     features = {s: tf.convert_to_tensor(features[s], tf.float32) for s in self._stream_dims}
     num_steps = tf.cast(num_steps, tf.int32)
     feature_fps = tf.cast(feature_fps, tf.float32)
@@ -216,9 +215,18 @@ class DetectionModule(tf.Module):
     run_steps = tf.pad(num_steps, [[0, extra_b]])
     run_fps = tf.pad(feature_fps, [[0, extra_b]], constant_values=1.0)
 
+    inputs = self.model.preprocess({InputFields.features: run_features,
+                                     InputFields.num_steps: run_steps,
+                                     InputFields.feature_fps: run_fps})
+    run_features, run_steps = inputs[InputFields.features], inputs[InputFields.num_steps]
+    run_fps = inputs[InputFields.feature_fps]
     predictions = self.model.predict(run_features, run_steps, training=False)
     dets = self.model.postprocess(predictions, run_steps, run_fps)
-    out = {key: dets[key][:batch] for key in DETECTION_OUTPUTS}
+    missing = [k for k in self.model.output_fields if k not in dets]
+    if missing:
+      raise ExportError(f"{type(self.model).__name__}.postprocess lacks declared outputs "
+                        f"{missing}")
+    out = {key: dets[key][:batch] for key in self.model.output_fields}
     return self._resize_detections(out)
 
   def _resize_detections(self, out):
@@ -311,11 +319,44 @@ class DetectionModule(tf.Module):
     }
 
 
+# --------------------------------------------------------------------------- model info
+def model_info(model):
+  """What tools outside the graph need to know of a model (JSON-serializable dict)."""
+  return dict(
+      meta_architecture=type(model).__name__,
+      num_classes=int(model.num_classes),
+      stream_names=list(model.stream_names),
+      output_fields=list(model.output_fields),
+      has_proposals=bool(model.has_proposals),
+      max_detections=int(model.max_detections),
+      window_merge={k: (float(v) if isinstance(v, float) else int(v))
+                    for k, v in model.window_merge.items()})
+
+
+def write_model_info(model, directory):
+  """Writes model_info.json (read by the inference CLI; TF Serving ignores it)."""
+  path = os.path.join(directory, MODEL_INFO_NAME)
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(json.dumps(model_info(model), indent=2, sort_keys=True))
+  return path
+
+
+def read_model_info(export_dir):
+  """model_info.json of an export directory as a dict, or None for an export without it."""
+  path = os.path.join(export_dir, MODEL_INFO_NAME)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ExportError(f"{path}: not valid JSON ({e})") from None
+
+
 # --------------------------------------------------------------------------- building
-def stream_dims_from_config(config):
+def stream_dims_from_config(config, model):
   """{stream: dim} of the model's streams, from the eval (else train) input reader."""
-  arch = config.model.WhichOneof("model")
-  streams = list(getattr(config.model, arch).streams) if arch else []
+  streams = list(model.stream_names)
   for reader_name in ("eval_input_reader", "train_input_reader"):
     if config.HasField(reader_name):
       dims = config_util.stream_dims(getattr(config, reader_name))
@@ -353,9 +394,8 @@ def resolve_checkpoint(path):
 
 
 def _build_variables(model, stream_dims):
-  """Creates the model's variables with one tiny forward pass (Keras builds lazily)."""
-  features = {s: tf.zeros([1, 2, d]) for s, d in stream_dims.items()}
-  model.predict(features, tf.constant([2], tf.int32), training=False)
+  """Creates the model's variables (Keras builds lazily)."""
+  model.create_variables(stream_dims)
 
 
 def restore_model(model, stream_dims, checkpoint_path):
@@ -380,7 +420,7 @@ def build_detection_module(config, checkpoint_path=None, max_detections=None):
   Without a checkpoint the weights stay at their (seeded) initial values, which tests use.
   """
   model = model_builder.build(config.model)
-  dims = stream_dims_from_config(config)
+  dims = stream_dims_from_config(config, model)
   if checkpoint_path is not None:
     restore_model(model, dims, checkpoint_path)
   else:
@@ -508,6 +548,7 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
       saved_config.export_config.max_detections = int(max_detections)
     with open(os.path.join(staging, PIPELINE_CONFIG_NAME), "w", encoding="utf-8") as f:
       f.write(text_format.MessageToString(saved_config))
+    write_model_info(module.model, staging)
     tf.train.Checkpoint(model=module.model).save(
         os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
     os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.

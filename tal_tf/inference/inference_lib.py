@@ -58,12 +58,16 @@ class SavedModelDetector:
     _, specs = self._fn.structured_input_signature
     self.config = self._load_config()
     streams = [k for k in specs if k not in exporter_lib.RESERVED_INPUT_NAMES]
-    if self.config is not None:
-      # The model's stream order (the signature's dict order is alphabetical).
-      arch = self.config.model.WhichOneof("model")
-      ordered = list(getattr(self.config.model, arch).streams)
-      if sorted(ordered) == sorted(streams):
-        streams = ordered
+    self.model_info = exporter_lib.read_model_info(self.export_dir)
+    if self.model_info is None:
+      # An export without model_info.json: what the signature says, and default merging.
+      self.model_info = dict(stream_names=sorted(streams),
+                             output_fields=sorted(self._fn.structured_outputs),
+                             window_merge=None)
+    # The model's stream order (the signature's dict order is alphabetical).
+    ordered = list(self.model_info["stream_names"])
+    if sorted(ordered) == sorted(streams):
+      streams = ordered
     self.stream_dims = collections.OrderedDict((s, int(specs[s].shape[-1])) for s in streams)
     self.max_detections = int(
         self._fn.structured_outputs[DetectionFields.detection_scores].shape[1])
@@ -99,6 +103,7 @@ class CheckpointDetector:
     self._fn = self._module.serving_function()
     self.stream_dims = self._module.stream_dims
     self.max_detections = self._module.max_detections
+    self.model_info = exporter_lib.model_info(self._module.model)
     self.label_map_path = None
     for reader_name in ("eval_input_reader", "train_input_reader"):
       if config.HasField(reader_name) and getattr(config, reader_name).label_map_path:
@@ -113,22 +118,18 @@ class CheckpointDetector:
     return {k: v.numpy() for k, v in self._fn(inputs).items()}
 
 
-def post_processing_defaults(config):
-  """Merge settings from a pipeline config (None -> TAL-Net's paper values): dict with
-  nms_iou_threshold, proposal_nms_iou_threshold, max_proposals, window_steps,
-  window_overlap."""
-  out = dict(nms_iou_threshold=0.7, proposal_nms_iou_threshold=0.7, max_proposals=300,
+def post_processing_defaults(detector):
+  """Window merging of a detector's model (its `window_merge`, else generic defaults) and
+  the windowing of its config: dict with nms_iou_threshold, proposal_nms_iou_threshold,
+  max_proposals, window_steps, window_overlap."""
+  out = dict(nms_iou_threshold=0.5, proposal_nms_iou_threshold=0.7, max_proposals=300,
              window_steps=0, window_overlap=0.25)
-  if config is None:
-    return out
-  arch = config.model.WhichOneof("model")
-  if arch == "tal_net":
-    model = config.model.tal_net
-    out["nms_iou_threshold"] = model.second_stage_nms.iou_threshold
-    out["proposal_nms_iou_threshold"] = model.first_stage_nms.iou_threshold
-    if model.first_stage_nms.HasField("max_total"):
-      out["max_proposals"] = model.first_stage_nms.max_total
-  if config.HasField("export_config"):
+  merge = (detector.model_info or {}).get("window_merge") or {}
+  for key in ("nms_iou_threshold", "proposal_nms_iou_threshold", "max_proposals"):
+    if key in merge:
+      out[key] = merge[key]
+  config = detector.config
+  if config is not None and config.HasField("export_config"):
     out["window_steps"] = config.export_config.inference_window_steps
     out["window_overlap"] = config.export_config.inference_window_overlap
   return out
@@ -150,7 +151,8 @@ class _VideoState:
 InferenceResult = collections.namedtuple(
     "InferenceResult", ["detections", "proposals", "skipped", "stats"])
 InferenceResult.__doc__ = """detections {video_id: {segments [N,2] s, scores [N], classes [N]
-ids}}, proposals {video_id: {segments [P,2], scores [P]}}, skipped {video_id: reason}, stats
+ids}}, proposals {video_id: {segments [P,2], scores [P]}} (empty for a model without
+proposals), skipped {video_id: reason}, stats
 dict (videos, windows, batches, seconds)."""
 
 
@@ -193,14 +195,17 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
       detections[video_id] = dict(segments=segs[:max_detections],
                                   scores=scores[:max_detections],
                                   classes=classes[:max_detections])
-      psegs, pscores = state.proposal_parts[0]
-      proposals[video_id] = dict(segments=psegs[:max_proposals],
-                                 scores=pscores[:max_proposals])
+      if state.proposal_parts:
+        psegs, pscores = state.proposal_parts[0]
+        proposals[video_id] = dict(segments=psegs[:max_proposals],
+                                   scores=pscores[:max_proposals])
       return
     segs, scores, classes = (np.concatenate(x) for x in zip(*state.parts))
     segs, scores, classes = windowing.merge_detections(
         segs, scores, classes, nms_iou_threshold, max_detections)
     detections[video_id] = dict(segments=segs, scores=scores, classes=classes)
+    if not state.proposal_parts:
+      return  # The model has no proposals.
     psegs, pscores = (np.concatenate(x) for x in zip(*state.proposal_parts))
     psegs, pscores = windowing.merge_proposals(
         psegs, pscores, proposal_nms_iou_threshold, max_proposals)
@@ -242,6 +247,11 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
           out[DetectionFields.detection_segments][i, :n].astype(np.float64) + offset,
           out[DetectionFields.detection_scores][i, :n].astype(np.float64),
           out[DetectionFields.detection_classes][i, :n].astype(np.int64)))
+      if DetectionFields.num_proposals not in out:
+        state.remaining -= 1
+        if state.remaining == 0:
+          finalize(state)
+        continue
       p = int(out[DetectionFields.num_proposals][i])
       state.proposal_parts.append((
           out[DetectionFields.proposal_segments][i, :p].astype(np.float64) + offset,
@@ -260,7 +270,8 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
       logging.warning("video %s has no feature steps: empty result", video_id)
       detections[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0),
                                   classes=np.zeros(0, np.int64))
-      proposals[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0))
+      if (detector.model_info or {}).get("has_proposals", True):
+        proposals[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0))
       continue
     windows = windowing.plan_windows(video.num_steps, window_steps, window_overlap)
     state = _VideoState(video, len(windows))

@@ -37,7 +37,8 @@ from tal_tf.core.standard_fields import InputFields
 
 DEFAULT_PHASE = "train"
 
-# Outputs every model's postprocess returns (and every exported signature serves).
+# Outputs every model's postprocess returns (and every exported signature serves). The
+# detection count N must be static (pad to max_detections) so the signature's shapes are.
 REQUIRED_OUTPUTS = (
     DetectionFields.detection_segments,   # float32 [B, N, 2] seconds
     DetectionFields.detection_scores,     # float32 [B, N]
@@ -92,7 +93,12 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
     return SEGMENT_GROUNDTRUTH
 
   def preprocess(self, inputs):
-    """Model-specific transform of a padded batch dict before `predict` (default: none)."""
+    """Model-specific transform of a padded batch dict before `predict` (default: none).
+
+    `inputs` holds at least InputFields.features / num_steps / feature_fps (and, in
+    training, the ground truth of `input_fields`); the same keys come back. It runs in
+    training, evaluation and the exported serving function alike (core TF ops only).
+    """
     return inputs
 
   # ------------------------------------------------------------------ how it trains

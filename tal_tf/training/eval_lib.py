@@ -82,6 +82,8 @@ class DetectionCollector:
           "scores": np.asarray(detections[DetectionFields.detection_scores][b][:n],
                                np.float64),
       }
+      if DetectionFields.num_proposals not in detections:
+        continue  # A model without proposals (AR@AN is then not computed).
       p = int(detections[DetectionFields.num_proposals][b])
       self.proposals[vid] = {
           "segments": np.asarray(detections[DetectionFields.proposal_segments][b][:p],
@@ -103,8 +105,11 @@ def make_detect_fn(model):
 
   @tf.function(reduce_retracing=True)
   def detect(features, num_steps, feature_fps):
+    inputs = model.preprocess({InputFields.features: features, InputFields.num_steps: num_steps,
+                               InputFields.feature_fps: feature_fps})
+    features, num_steps = inputs[InputFields.features], inputs[InputFields.num_steps]
     predictions = model.predict(features, num_steps, training=False)
-    return model.postprocess(predictions, num_steps, feature_fps)
+    return model.postprocess(predictions, num_steps, inputs[InputFields.feature_fps])
 
   return detect
 
@@ -156,9 +161,10 @@ def groundtruth_for_evaluation(eval_config, record_groundtruth):
   return {v: annotations[v] for v in record_groundtruth}
 
 
-def evaluate_model(model, config, step, output_dir, num_classes):
+def evaluate_model(model, config, step, output_dir):
   """Full evaluation: metrics dict, TensorBoard summaries in output_dir, metrics JSON."""
   eval_config = config.eval_config
+  num_classes = model.num_classes
   class_names = class_names_from_config(config, num_classes)
   dataset = build_eval_dataset(config, num_classes)
   collector = collect(model, dataset, class_names,
@@ -168,7 +174,8 @@ def evaluate_model(model, config, step, output_dir, num_classes):
     raise ValueError("the eval input produced no videos; check eval_input_reader.input_path")
   evaluator = evaluator_from_config(eval_config)
   groundtruth = groundtruth_for_evaluation(eval_config, collector.groundtruth)
-  metrics = evaluator.evaluate(groundtruth, collector.results, collector.proposals,
+  metrics = evaluator.evaluate(groundtruth, collector.results,
+                               collector.proposals if model.has_proposals else None,
                                class_names=[class_names[i] for i in sorted(class_names)])
   eval_io.write_results(os.path.join(output_dir, f"detections_step_{int(step)}.json"),
                         collector.results)

@@ -18,7 +18,6 @@ def _eval_dir(model_dir):
 
 def evaluate_checkpoint(config, model_dir, checkpoint_path=None, model=None):
   """Restores a checkpoint into a (new) model and evaluates it; returns (metrics, step)."""
-  num_classes = train_lib.model_num_classes(config)
   if model is None:
     model = model_builder.build(config.model)
   path = checkpoint_path or tf.train.latest_checkpoint(model_dir)
@@ -29,8 +28,7 @@ def evaluate_checkpoint(config, model_dir, checkpoint_path=None, model=None):
   # The optimizer and input position are in the checkpoint too; evaluation needs neither.
   ckpt.restore(path).expect_partial()
   step_value = _step_of(path)
-  metrics, _ = eval_lib.evaluate_model(model, config, step_value, _eval_dir(model_dir),
-                                       num_classes)
+  metrics, _ = eval_lib.evaluate_model(model, config, step_value, _eval_dir(model_dir))
   train_lib.write_metrics_json(metrics, _eval_dir(model_dir), step_value)
   train_lib.write_metrics_json(metrics, model_dir, step_value)
   return metrics, step_value
@@ -39,7 +37,7 @@ def evaluate_checkpoint(config, model_dir, checkpoint_path=None, model=None):
 def _step_of(checkpoint_path):
   reader = tf.train.load_checkpoint(checkpoint_path)
   for key in reader.get_variable_to_shape_map():
-    if key.startswith("optimizer/iter"):
+    if key.startswith("global_step/"):
       return int(reader.get_tensor(key))
   try:
     return int(checkpoint_path.rsplit("-", 1)[-1])
@@ -53,13 +51,12 @@ def run(config, model_dir, mode, num_train_steps=None, checkpoint=None):
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
   if mode in ("train", "train_and_eval"):
     trainer = train_lib.Trainer(config, model_dir, num_train_steps)
-    num_classes = train_lib.model_num_classes(config)
     evaluate_fn = None
     results = {}
     if mode == "train_and_eval":
       def evaluate_fn(step):
         metrics, _ = eval_lib.evaluate_model(trainer.model, config, step,
-                                             _eval_dir(model_dir), num_classes)
+                                             _eval_dir(model_dir))
         train_lib.write_metrics_json(metrics, _eval_dir(model_dir), step)
         train_lib.write_metrics_json(metrics, model_dir, step)
         results["metrics"] = metrics

@@ -10,6 +10,7 @@ from the newest checkpoint, so a killed run loses at most one checkpoint interva
 import json
 import math
 import os
+import re
 import time
 
 from absl import logging
@@ -19,7 +20,10 @@ import tf_keras
 from tal_tf.builders import input_reader_builder
 from tal_tf.builders import model_builder
 from tal_tf.builders import optimizer_builder
+from tal_tf.builders import train_phase_builder
 from tal_tf.core.standard_fields import InputFields
+from tal_tf.meta_architectures import meta_arch
+from tal_tf.training import checkpoint_util
 from tal_tf.utils import config_util
 
 TRAIN_SUBDIR = "train"
@@ -44,17 +48,10 @@ def build_strategy(name):
                    "default, mirrored or one_device")
 
 
-def model_num_classes(config):
-  """Number of classes of the configured meta-architecture."""
-  arch = config.model.WhichOneof("model")
-  return getattr(config.model, arch).num_classes
-
-
-def groundtruth_from_batch(batch):
-  """The ground-truth part of an input batch (what `model.loss` receives)."""
-  return {k: batch[k] for k in (InputFields.segments, InputFields.labels,
-                                InputFields.num_segments, InputFields.video_labels)
-          if k in batch}
+def groundtruth_from_batch(batch, fields):
+  """The ground-truth part of an input batch that `model.loss` receives (the model's
+  declared input fields)."""
+  return {k: batch[k] for k in fields if k in batch}
 
 
 class _Progress:
@@ -83,16 +80,65 @@ def _format_eta(seconds):
   return f"{h:d}:{m:02d}:{s:02d}"
 
 
+class _Phase:
+  """One training phase made concrete: its step range, optimizer and variables."""
+
+  def __init__(self, spec, index, start_step, model):
+    self.spec = spec
+    self.name = spec.name
+    self.index = index
+    self.start = int(start_step)
+    self.end = self.start + int(spec.num_steps)
+    self.optimizer, self.learning_rate = optimizer_builder.build(spec.optimizer_config)
+    candidates = model.phase_variables(spec.name)
+    self.variables = meta_arch.select_variables(
+        candidates, include=spec.trainable_patterns, exclude=spec.frozen_patterns)
+    if not self.variables:
+      raise ValueError(
+          f"train_config phase {spec.name!r}: no variable left to train (the model offers "
+          f"{len(candidates)}; trainable_variables={list(spec.trainable_patterns)}, "
+          f"frozen_variables={list(spec.frozen_patterns)})")
+    self.multipliers = []
+    for v in self.variables:
+      factor = 1.0
+      for pattern, multiplier in spec.lr_multipliers:
+        if re.search(pattern, v.name):
+          factor = multiplier
+          break
+      self.multipliers.append(factor)
+    self.weight_decay = float(spec.l2_weight_decay)
+
+  def transform_gradients(self, grads):
+    """Caffe-style L2 on kernels, then the per-variable learning-rate multipliers."""
+    out = []
+    for g, v, m in zip(grads, self.variables, self.multipliers):
+      if g is None:
+        out.append(None)
+        continue
+      if self.weight_decay and v.shape.rank is not None and v.shape.rank >= 2:
+        g = g + self.weight_decay * v
+      if m != 1.0:
+        g = g * m
+      out.append(g)
+    return out
+
+  def local_step(self, global_step):
+    return int(global_step) - self.start
+
+
 class Trainer:
-  """Builds model, optimizer, data and checkpoints for one pipeline config + model_dir."""
+  """Builds model, phases, optimizers, data and checkpoints for one config + model_dir.
+
+  The trainer knows nothing of what a model's phases mean: it runs them in order, each with
+  its own optimizer over the variables the model (and the phase's config) selects, calls
+  `model.begin_phase` when a phase starts or a run resumes inside it, and minimizes
+  `model.loss(..., phase)['total_loss']`. The global step counts steps over all phases.
+  """
 
   def __init__(self, config, model_dir, num_train_steps=None):
     self.config = config
     self.model_dir = model_dir
     train_config = config.train_config
-    self.num_train_steps = int(num_train_steps or train_config.num_steps)
-    if self.num_train_steps <= 0:
-      raise ValueError(f"num_train_steps must be > 0, got {self.num_train_steps}")
     tf.io.gfile.makedirs(model_dir)
     self.strategy = build_strategy(train_config.distribution_strategy)
     if train_config.seed:
@@ -100,32 +146,75 @@ class Trainer:
       tf_keras.utils.set_random_seed(train_config.seed)
     with self.strategy.scope():
       self.model = model_builder.build(config.model)
-      self.optimizer, self.learning_rate = optimizer_builder.build(train_config.optimizer)
-      # Creates the step counter now so checkpoints restore it before the first step.
-      self.global_step = self.optimizer.iterations
+      config_util.check_model_streams(config, self.model.stream_names)
+      specs, self.num_train_steps = train_phase_builder.build(
+          train_config, self.model.training_phases, num_train_steps)
+      self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
       self._create_variables()
+      self.phases = []
+      start = 0
+      for i, spec in enumerate(specs):
+        phase = _Phase(spec, i, start, self.model)
+        phase.optimizer.build(phase.variables)
+        self.phases.append(phase)
+        start = phase.end
     self._train_iterator = None
-    self._train_fn = None
+    self._train_fns = {}
     self._checkpoint = None
     self._manager = None
 
+  @property
+  def optimizer(self):
+    """The first phase's optimizer (the only one of a single-phase model)."""
+    return self.phases[0].optimizer
+
+  @property
+  def learning_rate(self):
+    return self.phases[0].learning_rate
+
+  def phase_at(self, step):
+    """The phase that trains step `step` + 1 (the last phase once training is done)."""
+    for phase in self.phases:
+      if step < phase.end:
+        return phase
+    return self.phases[-1]
+
   def _create_variables(self):
-    """Creates model weights and optimizer slots up front, so a restore is immediate and
-    complete (weights, Adam moments, step) instead of deferred to the first step."""
+    """Creates model weights up front, so a restore is immediate and complete."""
+    dims = self.stream_dims()
+    if dims:
+      self.model.create_variables(dims)
+
+  def stream_dims(self):
+    """{stream: dim} the model reads, from the training input reader."""
     reader = self.config.train_input_reader
     dims = config_util.stream_dims(reader) if reader.streams else {}
-    if not dims:
-      return  # No declared streams (e.g. a model-only config): variables come on first use.
-    features = {name: tf.zeros([1, 1, dim]) for name, dim in dims.items()}
-    self.model.predict(features, tf.ones([1], tf.int32), training=False)
-    self.optimizer.build(self.model.trainable_variables)
+    missing = [s for s in self.model.stream_names if s not in dims]
+    if dims and missing:
+      raise ValueError(f"train_input_reader.streams lacks the model's streams {missing} "
+                       f"(declared: {sorted(dims)})")
+    return {s: dims[s] for s in self.model.stream_names if s in dims}
 
   # ---------------------------------------------------------------- data + checkpoints
   def _dataset_fn(self, input_context=None):
     seed = self.config.train_config.seed or None
     return input_reader_builder.build(
-        self.config.train_input_reader, num_classes=model_num_classes(self.config),
-        is_training=True, input_context=input_context, seed=seed)
+        self.config.train_input_reader, num_classes=self.model.num_classes,
+        is_training=True, input_context=input_context, seed=seed,
+        fields=self.model.input_fields)
+
+  def phase_dataset(self, is_training, repeat):
+    """Padded batches of the training records (for `begin_phase`): shuffled + cropped when
+    is_training, whole videos in file order otherwise; read once unless `repeat`."""
+    reader = type(self.config.train_input_reader)()
+    reader.CopyFrom(self.config.train_input_reader)
+    reader.repeat = bool(repeat)
+    if not is_training:
+      reader.shuffle = False
+    return input_reader_builder.build(
+        reader, num_classes=self.model.num_classes, is_training=is_training,
+        seed=self.config.train_config.seed or None,
+        batch_size=None if is_training else 1)
 
   def train_iterator(self):
     """The (distributed) training iterator, created once."""
@@ -135,9 +224,12 @@ class Trainer:
     return self._train_iterator
 
   def checkpoint_manager(self, with_input=True):
-    """CheckpointManager over model, optimizer and (optionally) the input position."""
+    """CheckpointManager over model, global step, each phase's optimizer and (optionally)
+    the input position."""
     if self._manager is None:
-      items = dict(model=self.model, optimizer=self.optimizer)
+      items = dict(model=self.model, global_step=self.global_step)
+      for phase in self.phases:
+        items[f"optimizer_{phase.name}"] = phase.optimizer
       if with_input and self.config.train_config.checkpoint_input_position:
         iterator = self.train_iterator()
         if isinstance(iterator, tf.__internal__.tracking.Trackable):
@@ -149,73 +241,122 @@ class Trainer:
                           "resumed run restarts the data order",
                           type(self.strategy).__name__, self.strategy.num_replicas_in_sync)
       self._checkpoint = tf.train.Checkpoint(**items)
-      self._manager = tf.train.CheckpointManager(
+      self._manager = checkpoint_util.open_manager(
           self._checkpoint, self.model_dir,
           max_to_keep=self.config.train_config.max_checkpoints_to_keep,
           step_counter=self.global_step)
     return self._manager
 
   def restore(self):
-    """Restores the newest checkpoint in model_dir, if any; returns its path or None."""
+    """Restores the newest checkpoint in model_dir, else the fine-tune checkpoint (if any);
+    returns the path restored or None."""
     manager = self.checkpoint_manager()
-    path = manager.latest_checkpoint
+    checkpoint_util.remove_stale_temp_dirs(self.model_dir)
+    # expect_partial: the input position may be absent (e.g. written under another
+    # strategy); everything else was created up front and restores immediately. A damaged
+    # newest checkpoint is named and the previous intact one is used.
+    path = checkpoint_util.restore_newest_intact(self._checkpoint, self.model_dir,
+                                                 manager.latest_checkpoint)
     if path:
-      # expect_partial: optimizer slots restore lazily on the first step (and never if
-      # there is nothing left to train); that is not an error worth a warning.
-      self._checkpoint.restore(path).expect_partial()
       logging.info("restored %s (step %d)", path, int(self.global_step.numpy()))
+      return path
+    return self.restore_fine_tune_checkpoint()
+
+  def restore_fine_tune_checkpoint(self):
+    """Initializes the model from train_config.fine_tune_checkpoint through the model's
+    restore map; returns the path or None when none is configured."""
+    train_config = self.config.train_config
+    source = train_config.fine_tune_checkpoint
+    if not source:
+      return None
+    path = tf.train.latest_checkpoint(source) if tf.io.gfile.isdir(source) else source
+    if not path or not tf.io.gfile.glob(path + ".index"):
+      raise FileNotFoundError(f"train_config.fine_tune_checkpoint: no checkpoint at {source!r}")
+    restore_map = self.model.restore_map(train_config.fine_tune_checkpoint_type)
+    status = tf.train.Checkpoint(**restore_map).restore(path)
+    try:
+      status.assert_existing_objects_matched()
+    except AssertionError as e:
+      raise ValueError(
+          f"train_config.fine_tune_checkpoint {path}: does not match the model's "
+          f"{train_config.fine_tune_checkpoint_type!r} restore map: "
+          f"{str(e).splitlines()[0][:300]}") from None
+    status.expect_partial()
+    logging.info("initialized from fine-tune checkpoint %s (%s)", path,
+                 train_config.fine_tune_checkpoint_type)
     return path
 
   # ---------------------------------------------------------------- the step
-  def _replica_step(self, batch):
+  def _replica_step(self, batch, phase):
     model = self.model
+    batch = model.preprocess(batch)
     with tf.GradientTape() as tape:
       predictions = model.predict(batch[InputFields.features], batch[InputFields.num_steps],
-                                  training=True)
-      losses = model.loss(predictions, groundtruth_from_batch(batch))
+                                  training=True, phase=phase.name)
+      losses = model.loss(predictions, groundtruth_from_batch(batch, model.input_fields),
+                          phase=phase.name)
       reg_losses = model.regularization_losses()
       regularization = tf.add_n(reg_losses) if reg_losses else 0.0
       total = losses["total_loss"] + regularization
       # Gradients are summed across replicas; scale so the update is the mean.
       scaled = total / self.strategy.num_replicas_in_sync
-    variables = model.trainable_variables
-    grads = tape.gradient(scaled, variables)
-    self.optimizer.apply_gradients(zip(grads, variables))
+    grads = tape.gradient(scaled, phase.variables)
+    grads = phase.transform_gradients(grads)
+    phase.optimizer.apply_gradients(
+        [(g, v) for g, v in zip(grads, phase.variables) if g is not None])
     losses = dict(losses)
     losses["total_loss"] = total
     return losses
 
-  def _build_train_fn(self):
+  def _train_fn(self, phase):
+    if phase.name in self._train_fns:
+      return self._train_fns[phase.name]
     strategy = self.strategy
 
     @tf.function
     def train_loop(iterator, num_steps):
       sums = None
       for _ in tf.range(num_steps):
-        per_replica = strategy.run(self._replica_step, args=(next(iterator),))
+        per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
         step_losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
                        for k, v in per_replica.items()}
+        self.global_step.assign_add(1)
         if sums is None:
           sums = step_losses
         else:
           sums = {k: sums[k] + step_losses[k] for k in sums}
       return {k: v / tf.cast(num_steps, tf.float32) for k, v in sums.items()}
 
+    self._train_fns[phase.name] = train_loop
     return train_loop
+
+  def _begin_phase(self, phase, step):
+    context = meta_arch.TrainingContext(
+        dataset_fn=self.phase_dataset,
+        cache_dir=os.path.join(self.model_dir, "phase_cache", phase.name),
+        phase_start_step=phase.start, fresh=(step == phase.start), strategy=self.strategy,
+        stream_dims=self.stream_dims())
+    logging.info("phase %d/%d %r: steps %d-%d (%s)", phase.index + 1, len(self.phases),
+                 phase.name, phase.start + 1, phase.end,
+                 "starting" if context.fresh else f"resuming at step {step}")
+    self.model.begin_phase(phase.name, context)
 
   # ---------------------------------------------------------------- the loop
   def train(self, evaluate_fn=None):
-    """Trains to num_train_steps, checkpointing, logging and summarizing as configured.
+    """Trains to num_train_steps through the phases, checkpointing, logging and
+    summarizing as configured.
 
     `evaluate_fn(step)` (optional) runs every `eval_every_n_steps` and at the end.
     """
+    with checkpoint_util.ModelDirLock(self.model_dir):
+      return self._train(evaluate_fn)
+
+  def _train(self, evaluate_fn):
     train_config = self.config.train_config
     config_util.save_pipeline_config(self.config, self.model_dir)
     manager = self.checkpoint_manager()
     self.restore()
     iterator = self.train_iterator()
-    if self._train_fn is None:
-      self._train_fn = self._build_train_fn()
     writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
     step = int(self.global_step.numpy())
     target = self.num_train_steps
@@ -229,33 +370,45 @@ class Trainer:
     if eval_every:
       intervals.append(eval_every)
     intervals = [i for i in intervals if i and i > 0]
+    current = None
     while step < target:
-      # Run up to the next multiple of any interval so checkpoints, summaries and logs
-      # land exactly on their steps.
-      next_stop = min([target] + [(step // i + 1) * i for i in intervals])
+      phase = self.phase_at(step)
+      if phase is not current:
+        self._begin_phase(phase, step)
+        current = phase
+      # Run up to the next multiple of any interval (or the phase's end) so checkpoints,
+      # summaries and logs land exactly on their steps.
+      next_stop = min([target, phase.end] + [(step // i + 1) * i for i in intervals])
       n = next_stop - step
-      losses = self._train_fn(iterator, tf.constant(n, tf.int32))
+      losses = self._train_fn(phase)(iterator, tf.constant(n, tf.int32))
       losses = {k: float(v.numpy()) for k, v in losses.items()}
       step = int(self.global_step.numpy())
       for name, value in losses.items():
         if not math.isfinite(value):
           raise FloatingPointError(
-              f"{name} is {value} at step {step}; the last checkpoint in {self.model_dir} "
-              "is intact. Lower the learning rate or check the input features for NaN/Inf.")
+              f"{name} is {value} at step {step} (phase {phase.name!r}); the last checkpoint "
+              f"in {self.model_dir} is intact. Lower the learning rate or check the input "
+              "features for NaN/Inf.")
       rate, remaining = progress.update(step)
+      lr = float(phase.learning_rate(phase.local_step(step)))
       if _crossed(step, n, train_config.summary_every_n_steps) or step == target:
         with writer.as_default(step=step):
           for name, value in losses.items():
-            tf.summary.scalar(f"losses/{name}", value)
-          tf.summary.scalar("learning_rate", float(self.learning_rate(step)))
+            tf.summary.scalar(f"losses/{phase.name}/{name}" if len(self.phases) > 1
+                              else f"losses/{name}", value)
+          tf.summary.scalar("learning_rate", lr)
+          tf.summary.scalar("phase", float(phase.index))
           tf.summary.scalar("steps_per_second", rate)
         writer.flush()
       if _crossed(step, n, train_config.log_every_n_steps) or step == target:
-        logging.info("step %d/%d | %s | %.2f steps/s | ETA %s", step, target,
+        logging.info("step %d/%d | phase %s | lr %.3g | %s | %.2f steps/s | ETA %s", step,
+                     target, phase.name, lr,
                      " ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items())),
                      rate, _format_eta(remaining))
       saved = False
-      if _crossed(step, n, train_config.checkpoint_every_n_steps):
+      if (_crossed(step, n, train_config.checkpoint_every_n_steps) or
+          (step == phase.end and step < target)):
+        # Phase ends are always checkpointed: the next phase may rely on this one's weights.
         manager.save(checkpoint_number=step, check_interval=False)
         saved = True
       if eval_every and _crossed(step, n, eval_every) and step < target:
@@ -276,13 +429,9 @@ def _crossed(step, n, interval):
 
 
 def write_metrics_json(metrics, directory, step):
-  """Writes metrics to `directory`/metrics.json and metrics_step_<step>.json."""
-  from tal_tf.evaluation import evaluator  # pylint: disable=g-import-not-at-top
-  tf.io.gfile.makedirs(directory)
-  payload = evaluator.to_json(metrics)
-  payload["global_step"] = int(step)
-  text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False)
+  """Writes metrics to `directory`/metrics.json and metrics_step_<step>.json (atomically)."""
+  from tal_tf.evaluation import metrics_table  # pylint: disable=g-import-not-at-top
   for name in (METRICS_FILE, f"metrics_step_{int(step)}.json"):
-    with tf.io.gfile.GFile(os.path.join(directory, name), "w") as f:
-      f.write(text)
+    metrics_table.write_metrics_json(metrics, os.path.join(directory, name),
+                                     extra={"global_step": int(step)})
   return os.path.join(directory, METRICS_FILE)

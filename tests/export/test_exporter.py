@@ -22,7 +22,9 @@ from tests.export import tiny_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-OUTPUT_KEYS = exporter_lib.DETECTION_OUTPUTS
+# TAL-Net serves the required outputs plus its proposals.
+OUTPUT_KEYS = exporter_lib.DETECTION_OUTPUTS + (DF.proposal_segments, DF.proposal_scores,
+                                               DF.num_proposals)
 
 
 def _batch(lengths=(40, 23, 9), seed=0, fps=(1.0, 2.0, 0.5)):

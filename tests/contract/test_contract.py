@@ -1,0 +1,216 @@
+"""The meta-architecture contract: every shipped model config runs the user's whole path.
+
+For each case: tiny embedded-dataset records with the streams the config declares -> the
+shipped config with its paths and step counts shrunk -> `train_main.py` (train, then a
+resumed run that must restore the step it stopped at, and evaluate) -> the exporter CLI
+(core ops only, checked by the exporter) -> a fresh `python -I` process that loads the
+SavedModel without tal_tf -> the inference CLI -> the evaluation CLI. A new meta-architecture
+adds its embedded config to CASES. The toy model (tests/contract/toy_model.py, defined
+outside tal_tf) proves that no shared code needs to change for a new model; it is also
+killed with SIGKILL inside its second phase and must resume there.
+"""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tal_tf.dataset_tools import create_tfrecord
+from tal_tf.dataset_tools import feature_readers
+from tal_tf.dataset_tools import synthetic_thumos
+from tal_tf.utils import config_util
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FRESH_LOAD = os.path.join(REPO, "tests", "export", "fresh_load.py")
+ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+
+TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
+
+Case = collections.namedtuple("Case", ["name", "config", "steps_per_phase", "kill_in_last"])
+CASES = [
+    Case("tal_net", os.path.join(REPO, "configs", "tal_net_embedded.config"), 4, False),
+    Case("wtal", os.path.join(REPO, "configs", "wtal_embedded.config"), 4, False),
+    Case("toy", TOY_CONFIG, 4, True),
+    Case("scnn", os.path.join(REPO, "configs", "scnn_embedded.config"), 4, False),
+    Case("etp", os.path.join(REPO, "configs", "etp_embedded.config"), 4, False),
+]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+  """{stream dims tuple: data paths}: one tiny dataset per distinct stream layout."""
+  return {}
+
+
+def _data_for(datasets, tmp_path_factory, stream_dims):
+  key = tuple(sorted(stream_dims.items()))
+  if key in datasets:
+    return datasets[key]
+  root = tmp_path_factory.mktemp("contract_data")
+  paths = synthetic_thumos.generate_dataset(
+      str(root / "data"), subsets=("validation", "test"), num_videos=3,
+      stream_dims=collections.OrderedDict(stream_dims), feature_fps=1.0, seed=0)
+  source = feature_readers.NpyDirSource(paths["features"], None)
+  out = dict(paths)
+  for subset, name in (("validation", "train"), ("test", "test")):
+    create_tfrecord.convert_dataset(
+        paths["annotations"], str(root / name), paths["label_map"], source, subset=subset,
+        num_shards=1, feature_fps=1.0, ignore_classes=("Ambiguous",), progress_stream=None)
+    out[name] = str(root / f"{name}-*.tfrecord")
+  with open(paths["annotations"]) as f:
+    database = json.load(f)["database"]
+  out["test_ids"] = sorted(v for v, e in database.items() if e["subset"].lower() == "test")
+  datasets[key] = out
+  return out
+
+
+def _shrunk_config(case, data, path):
+  """The shipped config pointed at the tiny data, with few steps per phase."""
+  config = config_util.load_pipeline_config(case.config)
+  train = config.train_config
+  train.num_steps = case.steps_per_phase
+  for phase in train.phases:
+    phase.num_steps = case.steps_per_phase
+  train.checkpoint_every_n_steps = 2
+  train.steps_per_loop = 2
+  train.summary_every_n_steps = 2
+  train.log_every_n_steps = 2
+  train.max_checkpoints_to_keep = 50
+  train.eval_every_n_steps = 0
+  for reader, pattern in ((config.train_input_reader, data["train"]),
+                          (config.eval_input_reader, data["test"])):
+    del reader.input_path[:]
+    reader.input_path.append(pattern)
+    reader.label_map_path = data["label_map"]
+  config.eval_config.num_visualizations = 1
+  config_util.save_pipeline_config(config, os.path.dirname(path), os.path.basename(path))
+  return config
+
+
+def _run(cmd, timeout=600):
+  result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, (
+      f"{' '.join(cmd[:3])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+  return result
+
+
+def _latest_step(model_dir):
+  path = tf.train.latest_checkpoint(model_dir)
+  return int(path.rsplit("-", 1)[1]) if path else -1
+
+
+def _train_killed_in_last_phase(cmd, model_dir, last_phase_start):
+  """Starts training with a huge last phase, SIGKILLs it after a checkpoint inside that
+  phase; returns the step of the newest checkpoint."""
+  proc = subprocess.Popen(cmd + ["--num_train_steps=100000"], env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+      if _latest_step(model_dir) >= last_phase_start + 2:
+        break
+      assert proc.poll() is None, "training exited early"
+      time.sleep(0.2)
+    else:
+      pytest.fail(f"no checkpoint past step {last_phase_start + 2} within 300 s")
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  return _latest_step(model_dir)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_path):
+  shipped = config_util.load_pipeline_config(case.config)
+  dims = config_util.stream_dims(shipped.train_input_reader)
+  data = _data_for(datasets, tmp_path_factory, dims)
+  config_path = str(tmp_path / "pipeline.config")
+  config = _shrunk_config(case, data, config_path)
+  model_dir = str(tmp_path / "model")
+  train = [sys.executable, os.path.join(REPO, "train_main.py"),
+           f"--pipeline_config={config_path}", f"--model_dir={model_dir}"]
+
+  # Train, stopping before the end; the resumed run must continue from that checkpoint.
+  phases = config.train_config.phases
+  if case.kill_in_last:
+    # The last phase is made huge and the run SIGKILLed inside it; the restart (capped two
+    # steps later) must resume in that phase with its own optimizer.
+    phases[-1].num_steps = 100000
+    config_util.save_pipeline_config(config, str(tmp_path), "pipeline.config")
+    last_start = sum(p.num_steps for p in phases[:-1])
+    stopped = _train_killed_in_last_phase(train + ["--mode=train"], model_dir, last_start)
+    phase_one_end = tf.train.load_checkpoint(os.path.join(model_dir, f"ckpt-{last_start}"))
+    target = stopped + 2
+    resumed = _run(train + ["--mode=train_and_eval", f"--num_train_steps={target}"])
+    assert f"resuming at step {stopped}" in resumed.stderr, resumed.stderr[-3000:]
+    final = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+    # The last phase trained only its own variables: the first phase's extra ones are as
+    # that phase left them.
+    frozen = [k for k in final.get_variable_to_shape_map()
+              if k.startswith("model/embed/") and k.endswith("VARIABLE_VALUE")]
+    assert frozen
+    for key in frozen:
+      np.testing.assert_array_equal(final.get_tensor(key), phase_one_end.get_tensor(key))
+  else:
+    total = sum(p.num_steps for p in phases) if phases else case.steps_per_phase
+    stopped, target = total - 2, total
+    _run(train + ["--mode=train", f"--num_train_steps={stopped}"])
+    resumed = _run(train + ["--mode=train_and_eval", f"--num_train_steps={target}"])
+    assert f"(step {stopped})" in resumed.stderr, resumed.stderr[-3000:]
+  assert _latest_step(model_dir) == target
+  with open(os.path.join(model_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert metrics["global_step"] == target
+
+  # Export (the exporter refuses non-core ops), then load without tal_tf.
+  serving = str(tmp_path / "serving")
+  _run([sys.executable, os.path.join(REPO, "export", "export_saved_model.py"),
+        f"--pipeline_config={config_path}", f"--trained_checkpoint_dir={model_dir}",
+        f"--output_directory={serving}"])
+  export_dir = os.path.join(serving, "1")
+  with open(os.path.join(export_dir, "model_info.json")) as f:
+    info = json.load(f)
+  video = data["test_ids"][0]
+  features = {s: np.load(os.path.join(data["features"][s], f"{video}.npy"))[np.newaxis]
+              for s in info["stream_names"]}
+  t = features[info["stream_names"][0]].shape[1]
+  inputs = dict(features, num_steps=np.array([t], np.int32),
+                feature_fps=np.array([1.0], np.float32))
+  np.savez(str(tmp_path / "inputs.npz"), **inputs)
+  _run([sys.executable, "-I", FRESH_LOAD, export_dir, str(tmp_path / "inputs.npz"),
+        str(tmp_path / "outputs.npz")])
+  with np.load(str(tmp_path / "outputs.npz")) as out:
+    fresh = {k: out[k] for k in out.files}
+  assert sorted(fresh) == sorted(info["output_fields"])
+
+  # Inference CLI over the test features, then the evaluation CLI on its results.
+  results = str(tmp_path / "results.json")
+  _run([sys.executable, "-m", "tal_tf.inference.infer_main", f"--saved_model_dir={serving}",
+        "--features=" + ",".join(f"{s}:{data['features'][s]}" for s in info["stream_names"]),
+        "--feature_fps=1.0", f"--annotations={data['annotations']}", "--subset=test",
+        f"--output={results}"])
+  with open(results) as f:
+    written = json.load(f)["results"]
+  assert sorted(written) == data["test_ids"]
+  # The CLI's whole-video detections of `video` are the served ones.
+  n = int(fresh["num_detections"][0])
+  got = written[video]
+  assert len(got) == n
+  np.testing.assert_allclose([d["score"] for d in got], fresh["detection_scores"][0, :n],
+                             rtol=1e-5)
+  np.testing.assert_allclose([d["segment"] for d in got],
+                             fresh["detection_segments"][0, :n].reshape(-1, 2), atol=1e-4)
+  metrics_json = str(tmp_path / "eval.json")
+  _run([sys.executable, "-m", "tal_tf.evaluation.evaluate_main",
+        f"--annotations={data['annotations']}", f"--results={results}", "--subset=test",
+        f"--output_json={metrics_json}"])
+  with open(metrics_json) as f:
+    evaluated = json.load(f)
+  assert len(evaluated["mAP"]) == len(evaluated["tiou_thresholds"]) > 0
+  assert 0.0 <= evaluated["average_mAP"] <= 1.0
