@@ -47,7 +47,8 @@ AR_KEYS = ("AR@10", "AR@50", "AR@100")
 
 def _override(paths, name, seed):
   from tal_tf import demo  # pylint: disable=g-import-not-at-top
-  text = demo.demo_override(paths, DIM) + f" train_config {{ seed: {seed} }}"
+  del seed  # set on the loaded config (an ablation may override train_config itself)
+  text = demo.demo_override(paths, DIM)
   ablation = RUNS[name][0]
   if ablation:
     with open(os.path.join(ABLATIONS, ablation + ".config")) as f:
@@ -66,6 +67,7 @@ def run_one(args):
   paths = demo.prepare_data(args.work_dir, args.num_videos, FEATURE_FPS, DIM, args.seed)
   config = config_util.load_pipeline_config(CONFIG, _override(paths, args.run_one,
                                                               args.seed))
+  config.train_config.seed = args.seed
   if args.phase_steps:
     # Shorter runs: every phase gets phase_steps steps, its decay points scaled alike.
     for phase in config.train_config.phases:

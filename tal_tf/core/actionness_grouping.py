@@ -90,7 +90,8 @@ def _segment_max_per_row(values, segment, valid):
 
 def connected_components(curves, lengths, threshold, min_length, max_length,
                          num_iterations=0):
-  """ConnComponent of Algorithm 1 on curves [N, T] with valid lengths [N].
+  """ConnComponent of Algorithm 1 on curves [N, T] with valid lengths [N] and a threshold
+  (a scalar or one per curve [N]).
 
   Returns (found [N, T] bool, starts [N, T] int32, ends [N, T] int32): slot i holds a
   proposal covering steps starts..ends (inclusive) when found[:, i]. A slot stands for the
@@ -101,6 +102,9 @@ def connected_components(curves, lengths, threshold, min_length, max_length,
   n, t = tf.shape(curves)[0], tf.shape(curves)[1]
   positions = tf.broadcast_to(tf.range(t)[None, :], [n, t])
   last = (lengths - 1)[:, None]
+  threshold = tf.convert_to_tensor(threshold, tf.float32)
+  if threshold.shape.rank == 1:
+    threshold = threshold[:, None]
   seeds = (curves >= threshold) & (positions < lengths[:, None])
   iterations = int(num_iterations) if num_iterations else int(max_length) - 1
   min_length, max_length = int(min_length), int(max_length)
@@ -170,16 +174,19 @@ def actionness_proposals(class_scores, num_steps, thresholds=(0.5,), min_length=
     flat = tf.reshape(curves, [-1, t])
     lengths = tf.repeat(num_steps, num_curves)
 
-    found, starts, ends = [], [], []
-    for threshold in thresholds:
-      f, s, e = connected_components(flat, lengths, float(threshold), min_length,
-                                     max_length, num_iterations)
-      found.append(tf.reshape(f, [batch, -1, t]))
-      starts.append(tf.reshape(s, [batch, -1, t]))
-      ends.append(tf.reshape(e, [batch, -1, t]))
-    found = tf.reshape(tf.concat(found, axis=1), [batch, -1])
-    starts = tf.reshape(tf.concat(starts, axis=1), [batch, -1])
-    ends = tf.reshape(tf.concat(ends, axis=1), [batch, -1])
+    # One loop over every (threshold, curve) pair: thresholds are stacked along the rows.
+    rows = tf.shape(flat)[0]
+    thresholds_per_row = tf.repeat(tf.constant([float(v) for v in thresholds], tf.float32),
+                                   rows)
+    found, starts, ends = connected_components(
+        tf.tile(flat, [len(thresholds), 1]), tf.tile(lengths, [len(thresholds)]),
+        thresholds_per_row, min_length, max_length, num_iterations)
+    # Rows are threshold-major; regroup per video: [B, thresholds x curves x T].
+    def per_video(x):
+      x = tf.reshape(x, [len(thresholds), batch, num_curves, t])
+      return tf.reshape(tf.transpose(x, [1, 0, 2, 3]),
+                        [batch, len(thresholds) * num_curves * t])
+    found, starts, ends = per_video(found), per_video(starts), per_video(ends)
 
     # Score: mean of the class's unsmoothed curve over the candidate's steps.
     k1 = tf.shape(raw)[1]

@@ -36,7 +36,6 @@ end stages with context fraction 1/2), so its input does not change when the LN 
 Streams are concatenated along channels and read by all three networks.
 """
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +50,7 @@ from tal_tf.core import unit_ops
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.meta_architectures import meta_arch
+from tal_tf.utils import atomic_files
 
 ACTIONNESS, REFINEMENT, LOCALIZATION = "actionness", "refinement", "localization"
 CACHED_PROPOSALS = "etp/cached_proposals"          # [B, P, 2] steps, in the batch's window
@@ -515,17 +515,10 @@ class _CacheHolder:
 
 
 def _atomic_savez(path, **arrays):
-  """np.savez to `path` via a temporary file in the same folder and an atomic rename."""
-  folder = os.path.dirname(path) or "."
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
+  """np.savez to `path` atomically (temporary file beside it, fsync, rename)."""
+  with atomic_files.atomic_output(path) as temp:
+    with open(temp, "wb") as f:
       np.savez(f, **{k: (np.asarray(v, dtype=np.bytes_) if k == "ids" else v)
                      for k, v in arrays.items()})
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
+      f.flush()
+      os.fsync(f.fileno())

@@ -242,7 +242,7 @@ def test_proposal_cache_preprocess_and_begin_phase(tmp_path):
   model.begin_phase("refinement", ctx)
   path = os.path.join(tmp_path, "refinement_proposals.npz")
   assert os.path.exists(path) and calls == [1]
-  assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+  assert os.listdir(tmp_path) == ["refinement_proposals.npz"]  # no temporaries left
   with np.load(path) as data:
     ids, cached, counts = list(data["ids"]), data["proposals"], data["counts"]
   want = model._phase_inputs(f, tf.constant([20, 20]), "refinement")
