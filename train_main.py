@@ -21,7 +21,8 @@ flags.DEFINE_string("pipeline_config", None, "Path to a text-format pipeline con
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and metrics.")
 flags.DEFINE_enum("mode", "train_and_eval",
                   ["train", "eval", "train_and_eval", "continuous_eval"], "What to run.")
-flags.DEFINE_integer("num_train_steps", None, "Overrides train_config.num_steps.")
+flags.DEFINE_integer("num_train_steps", None, "Overrides train_config.num_steps.",
+                     lower_bound=1)
 flags.DEFINE_string("config_override", None,
                     "Text proto merged over the pipeline config (repeated fields replace).")
 flags.DEFINE_string("checkpoint", None, "eval mode: a checkpoint path (default: newest).")

@@ -17,6 +17,7 @@ library errors too. This module does not import TensorFlow (some CLIs run withou
 """
 
 import functools
+import math
 import os
 import re
 import sys
@@ -99,11 +100,19 @@ def guard(main, errors=()):
 
 
 def parse_flags(argv):
-  """absl flags parser that reports a bad or missing flag as one line (exit code 2)."""
+  """absl flags parser that reports a bad or missing flag as one line (exit code 2).
+
+  A float flag must also be finite: absl parses 'nan' and 'inf', which pass every bound.
+  """
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(fail(e, EXIT_USAGE))
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if isinstance(value, float) and not math.isfinite(value):
+      sys.exit(fail(f"flag --{name}: must be a finite number, got {value}", EXIT_USAGE))
+  return rest
 
 
 def run(main, argv=None, errors=()):

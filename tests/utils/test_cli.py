@@ -59,6 +59,13 @@ def _cases(work):
       "train_unknown_flag": (
           [train, "--pipeline_config=x", "--model_dir=y", "--num_train_step=3"], 2,
           ["num_train_step"]),
+      "train_zero_steps_flag": (
+          [train, "--pipeline_config=x", "--model_dir=y", "--num_train_steps=0"], 2,
+          ["--num_train_steps=0", "not a positive integer"]),
+      "infer_nan_flag": (
+          py_m("tal_tf.inference.infer_main") + [
+              f"--saved_model_dir={work}", "--window_overlap=nan", f"--output={work}/o.json"],
+          2, ["flag --window_overlap: must be a finite number, got nan"]),
       "export": (
           [os.path.join(REPO, "export", "export_saved_model.py"),
            f"--pipeline_config={configs['good']}", f"--trained_checkpoint_dir={work}",
@@ -114,7 +121,7 @@ def runs(tmp_path_factory):
 
 CASE_NAMES = [
     "train_bad_number", "train_data_mismatch", "train_missing_flag", "train_unknown_flag",
-    "export", "infer", "evaluate", "create_tfrecord", "create_frame_records",
+    "train_zero_steps_flag", "infer_nan_flag", "export", "infer", "evaluate", "create_tfrecord", "create_frame_records",
     "extract_features", "synthetic_thumos", "serving_client"]
 
 
