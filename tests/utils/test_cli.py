@@ -121,8 +121,9 @@ def runs(tmp_path_factory):
 
 CASE_NAMES = [
     "train_bad_number", "train_data_mismatch", "train_missing_flag", "train_unknown_flag",
-    "train_zero_steps_flag", "infer_nan_flag", "export", "infer", "evaluate", "create_tfrecord", "create_frame_records",
-    "extract_features", "synthetic_thumos", "serving_client"]
+    "train_zero_steps_flag", "infer_nan_flag", "export", "infer", "evaluate",
+    "create_tfrecord", "create_frame_records", "extract_features", "synthetic_thumos",
+    "serving_client"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
