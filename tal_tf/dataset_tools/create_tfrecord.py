@@ -42,6 +42,7 @@ from tal_tf.dataset_tools import annotations as annotations_lib
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import quirks
 from tal_tf.utils import atomic_files
+from tal_tf.utils import cli
 
 
 class ConversionError(ValueError):
@@ -415,11 +416,13 @@ def _convert_video(video_id, entry, feature_source, name_to_id, report, feature_
       video_labels=sorted(name_to_id[n] for n in video_names))
 
 
+@cli.guard(program="create_tfrecord")
 def main(argv):
   """CLI entry point: flags -> convert_dataset -> printed summary.
 
   The library's own errors (bad annotations, label map, features, flags, failed writes)
-  print one line naming the file or flag and exit with status 2 instead of a traceback."""
+  print one line naming the file or flag and exit with status 2 instead of a traceback
+  (tal_tf.utils.cli, also when another runner calls `main`)."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
@@ -428,20 +431,14 @@ def main(argv):
       raise app.UsageError(f"--{required} is required")
   if (fv.feature_fps is None) == (fv.frames_per_step is None):
     raise app.UsageError("give exactly one of --feature_fps or --frames_per_step")
-  try:
-    source = feature_source_from_flags(fv)
-    summary = convert_dataset(
-        annotations_path=fv.annotations, output_prefix=fv.output,
-        label_map_path=fv.label_map, feature_source=source, subset=fv.subset or None,
-        num_shards=fv.num_shards, feature_fps=fv.feature_fps,
-        frames_per_step=fv.frames_per_step, ignore_classes=fv.ignore_classes,
-        length_tolerance=fv.length_tolerance, summary_json=fv.summary_json,
-        trimmed=fv.trimmed)
-  except app.UsageError:
-    raise
-  except (ValueError, OSError) as e:
-    print(f"create_tfrecord: error: {_one_line(e)}", file=sys.stderr)
-    return 2
+  source = feature_source_from_flags(fv)
+  summary = convert_dataset(
+      annotations_path=fv.annotations, output_prefix=fv.output,
+      label_map_path=fv.label_map, feature_source=source, subset=fv.subset or None,
+      num_shards=fv.num_shards, feature_fps=fv.feature_fps,
+      frames_per_step=fv.frames_per_step, ignore_classes=fv.ignore_classes,
+      length_tolerance=fv.length_tolerance, summary_json=fv.summary_json,
+      trimmed=fv.trimmed)
   print(summary.format())
   print(f"Summary JSON: {summary.summary_json}")
   if summary.num_written == 0:
@@ -451,14 +448,6 @@ def main(argv):
   return 0
 
 
-def _one_line(error):
-  """An exception's message on one line (OSErrors name their file)."""
-  if isinstance(error, OSError) and error.filename:
-    return atomic_files.describe_os_error(error, error.filename)
-  return " ".join(str(error).split())
-
-
 if __name__ == "__main__":
-  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)

@@ -8,7 +8,8 @@ Every tal_tf CLI calls `cli.run(main)` instead of `absl.app.run(main)`:
   subclasses ConfigError / ExportError / DataMismatchError / LabelMapError / ..., OSError
   such as a missing file or a full disk, FloatingPointError from a diverged loss, a
   TensorFlow OpError such as a corrupt record, any exception class defined in tal_tf (e.g.
-  ModelDirInUseError), plus the CLI's own `errors`): the same one line, exit code 1;
+  ModelDirInUseError), plus the CLI's own `errors`): the same one line, exit code 2 (a CLI
+  returns 1 itself when it ran but produced nothing, e.g. no video converted);
 - Ctrl-C: one line, exit code 130.
 
 Their messages already name the file, field or flag; a traceback would only bury them.
@@ -25,7 +26,9 @@ import sys
 from absl import app
 from absl import flags
 
-EXIT_ERROR = 1
+from tal_tf.utils import atomic_files
+
+EXIT_ERROR = 2
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 TRACEBACK_ENV = "TAL_TF_TRACEBACK"
@@ -53,6 +56,9 @@ def is_library_error(error, extra=()):
 def one_line(error):
   """An exception's message on one line (for an OpError: its first line, without the
   graph-node context TensorFlow appends)."""
+  if isinstance(error, OSError) and error.filename and error.errno:
+    # 'path: no space left on device' rather than '[Errno 28] No space left ...: path'.
+    return atomic_files.describe_os_error(error, error.filename)
   text = getattr(error, "message", None)
   if not isinstance(text, str):
     text = str(error)
@@ -67,33 +73,43 @@ def one_line(error):
 
 
 def program_name():
-  """The running script's file name, e.g. 'train_main.py'."""
-  return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "tal_tf"
+  """The running script's name without '.py', e.g. 'train_main'."""
+  name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+  if not name or name.startswith("-"):
+    return "tal_tf"
+  return name[:-3] if name.endswith(".py") else name
 
 
-def fail(error, code):
+def fail(error, code, program=None):
   """Prints `<program>: error: <message>` (one line) to stderr; returns `code`."""
   message = error if isinstance(error, str) else one_line(error)
   sys.stdout.flush()
-  print(f"{program_name()}: error: {message}", file=sys.stderr)
+  print(f"{program or program_name()}: error: {message}", file=sys.stderr)
   sys.stderr.flush()
   return code
 
 
-def guard(main, errors=()):
-  """Wraps an absl `main(argv)`: library errors -> one line + exit code (see module doc)."""
+def guard(main=None, errors=(), program=None):
+  """Wraps an absl `main(argv)`: library errors -> one line + exit code (see module doc).
+
+  Also a decorator (`@cli.guard(program="create_tfrecord")`), so the main stays guarded
+  when another runner (a test, plain `app.run`) calls it. `program` names the CLI in the
+  error line (default: the script's name).
+  """
+  if main is None:
+    return functools.partial(guard, errors=errors, program=program)
 
   @functools.wraps(main)
   def guarded(argv):
     try:
       return main(argv)
     except app.UsageError as e:
-      return fail(e, EXIT_USAGE)
+      return fail(e, EXIT_USAGE, program)
     except KeyboardInterrupt:
-      return fail("interrupted", EXIT_INTERRUPTED)
+      return fail("interrupted", EXIT_INTERRUPTED, program)
     except Exception as e:  # pylint: disable=broad-except
       if is_library_error(e, errors) and not os.environ.get(TRACEBACK_ENV):
-        return fail(e, EXIT_ERROR)
+        return fail(e, EXIT_ERROR, program)
       raise
 
   return guarded
