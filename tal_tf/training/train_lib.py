@@ -313,18 +313,20 @@ class Trainer:
       return self._train_fns[phase.name]
     strategy = self.strategy
 
+    def one_step(iterator):
+      per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
+      self.global_step.assign_add(1)
+      return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+              for k, v in per_replica.items()}
+
     @tf.function
     def train_loop(iterator, num_steps):
-      sums = None
-      for _ in tf.range(num_steps):
-        per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
-        step_losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-                       for k, v in per_replica.items()}
-        self.global_step.assign_add(1)
-        if sums is None:
-          sums = step_losses
-        else:
-          sums = {k: sums[k] + step_losses[k] for k in sums}
+      # The first step runs before the loop so the loss sums start as tensors (a None
+      # loop variable is not allowed in a graph loop). num_steps >= 1.
+      sums = one_step(iterator)
+      for _ in tf.range(num_steps - 1):
+        step_losses = one_step(iterator)
+        sums = {k: sums[k] + step_losses[k] for k in sums}
       return {k: v / tf.cast(num_steps, tf.float32) for k, v in sums.items()}
 
     self._train_fns[phase.name] = train_loop
