@@ -9,13 +9,11 @@ Re-running with the same --model_dir resumes from the newest checkpoint. TensorB
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
+from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging
 
 FLAGS = flags.FLAGS
@@ -23,7 +21,8 @@ flags.DEFINE_string("pipeline_config", None, "Path to a text-format pipeline con
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and metrics.")
 flags.DEFINE_enum("mode", "train_and_eval",
                   ["train", "eval", "train_and_eval", "continuous_eval"], "What to run.")
-flags.DEFINE_integer("num_train_steps", None, "Overrides train_config.num_steps.")
+flags.DEFINE_integer("num_train_steps", None, "Overrides train_config.num_steps.",
+                     lower_bound=1)
 flags.DEFINE_string("config_override", None,
                     "Text proto merged over the pipeline config (repeated fields replace).")
 flags.DEFINE_string("checkpoint", None, "eval mode: a checkpoint path (default: newest).")
@@ -35,12 +34,8 @@ def main(argv):
   from tal_tf.training import run_lib  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
-  try:
-    config = config_util.load_pipeline_config(FLAGS.pipeline_config, FLAGS.config_override)
-  except config_util.ConfigError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  # A bad config, data or disk ends in one line naming the file or field (tal_tf.utils.cli).
+  config = config_util.load_pipeline_config(FLAGS.pipeline_config, FLAGS.config_override)
   metrics = run_lib.run(config, FLAGS.model_dir, FLAGS.mode,
                         num_train_steps=FLAGS.num_train_steps, checkpoint=FLAGS.checkpoint)
   if metrics:
@@ -52,4 +47,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

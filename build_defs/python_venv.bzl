@@ -39,6 +39,16 @@ def _python_venv_impl(ctx):
   if check.return_code != 0:
     _fail_setup("%s is not the project venv: %s" % (python, check.stderr.strip()))
 
+  # descriptor.proto from grpcio-tools' bundled well-known protos: protos/validation.proto
+  # extends its FieldOptions, and proto_library's strict deps need a target holding it.
+  descriptor = ctx.execute([python, "-c", "\n".join([
+      "import os, grpc_tools",
+      "print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto', 'google', " +
+      "'protobuf', 'descriptor.proto'))",
+  ])])
+  if descriptor.return_code != 0:
+    _fail_setup("cannot locate descriptor.proto: %s" % descriptor.stderr.strip())
+  ctx.symlink(descriptor.stdout.strip(), "google/protobuf/descriptor.proto")
   ctx.file("python.sh", "#!/bin/sh\nexec '%s' \"$@\"\n" % python, executable = True)
   ctx.file("protoc.sh", "#!/bin/sh\nexec '%s' -m grpc_tools.protoc \"$@\"\n" % python,
            executable = True)
@@ -75,6 +85,11 @@ sh_binary(
 sh_binary(
     name = "protoc",
     srcs = ["protoc.sh"],
+)
+
+proto_library(
+    name = "descriptor_proto",
+    srcs = ["google/protobuf/descriptor.proto"],
 )
 """.format(python = python, version = check.stdout.strip()))
 

@@ -72,17 +72,12 @@ def main(argv):
   """absl entry point: exports, prints the version directory; exit code 1 on failure."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
-  from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
-  try:
-    path = run(flags.FLAGS)
-  except (exporter_lib.ExportError, config_util.ConfigError) as e:
-    print(f"export failed: {e}", file=sys.stderr)
-    return 1
+  path = run(flags.FLAGS)  # Errors become one line in tal_tf.utils.cli.
   print(f"Exported SavedModel: {path}")
   return 0
 
 
 if __name__ == "__main__":
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main)

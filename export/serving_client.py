@@ -110,13 +110,17 @@ def build_rest_request(inputs, signature_name=SERVING_SIGNATURE):
           "inputs": {name: np.asarray(value).tolist() for name, value in inputs.items()}}
 
 
+class ServingError(RuntimeError):
+  """The server answered with an error (HTTP status or TF Serving's own error body)."""
+
+
 _INT_OUTPUTS = ("detection_classes", "num_detections", "num_proposals")
 
 
 def parse_rest_response(body):
   """JSON body of a REST predict response -> {output name: numpy array}."""
   if "error" in body:
-    raise RuntimeError(f"TF Serving error: {body['error']}")
+    raise ServingError(f"TF Serving error: {body['error']}")
   if "outputs" not in body:
     raise ValueError(f"REST response has no 'outputs' (columnar) field: keys {list(body)}")
   out = {}
@@ -198,7 +202,9 @@ class RestPredictor:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
         return json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as e:
-      raise RuntimeError(f"{url}: HTTP {e.code}: {e.read().decode('utf-8', 'replace')}") from None
+      raise ServingError(f"{url}: HTTP {e.code}: {e.read().decode('utf-8', 'replace')}") from None
+    except urllib.error.URLError as e:
+      raise ServingError(f"{url}: cannot reach the server ({e.reason})") from None
 
   def predict(self, inputs, signature_name=SERVING_SIGNATURE):
     """{input: array} -> {output: array} through POST :predict."""
@@ -316,5 +322,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main, errors=(ServingError,))

@@ -19,7 +19,6 @@ import sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
@@ -112,4 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

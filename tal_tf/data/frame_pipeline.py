@@ -266,7 +266,9 @@ def build_frame_dataset(file_pattern, batch_size, is_training, clip_frames=16,
   clip_frames = int(clip_frames)
   files = input_pipeline.list_files(file_pattern)
   sizes = [tf.io.gfile.stat(f).length for f in files]
-  counter = input_pipeline.make_corrupt_counter() if skip_corrupt else None
+  # No corrupt-file counter variable: it would make the iterator impossible to checkpoint;
+  # damaged files are reported on stderr (see input_pipeline).
+  counter = None
 
   per_replica_batch = int(batch_size)
   dataset = tf.data.Dataset.from_tensor_slices(
@@ -326,6 +328,4 @@ def build_frame_dataset(file_pattern, batch_size, is_training, clip_frames=16,
   dataset = dataset.padded_batch(per_replica_batch, padded_shapes=padded_shapes,
                                  drop_remainder=bool(is_training))
   dataset = dataset.prefetch(tf.data.AUTOTUNE)
-  if counter is not None:
-    dataset.corrupt_counter = counter
   return dataset

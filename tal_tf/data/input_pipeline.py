@@ -10,9 +10,12 @@ bytes of the records it yields (TFRecord framing: 16 bytes + payload per record)
 compares the total with the file size when the file ends. A file whose read stops early
 (bad CRC, cut length, truncation) fails with an InvalidArgumentError naming the file
 (TensorFlow's own DataLossError does not name it). With `skip_corrupt=True` the rest of
-such a file is skipped instead (records before the damage have already been used), a line
-naming the file is printed to stderr, and `corrupt_counter` (a tf.Variable int64 scalar,
-also available as `dataset.corrupt_counter`) is incremented once per damaged file read.
+such a file is skipped instead (records before the damage have already been used) and a
+line naming the file is printed to stderr each time it is read. A caller that wants a count
+passes `corrupt_counter` (a tf.Variable int64 scalar, see `make_corrupt_counter`, also
+available as `dataset.corrupt_counter`), incremented once per damaged file read. Without one
+the pipeline holds no variable, so its iterator can be saved in a checkpoint (the trainer's
+input position): an iterator whose functions assign a variable cannot be serialized.
 """
 
 import sys
@@ -69,8 +72,10 @@ def checked_records(filename, file_size, skip_corrupt, corrupt_counter):
         printed = tf.print("Skipping the rest of corrupt or truncated TFRecord file", filename,
                            "(read", consumed, "of", file_size, "bytes)",
                            output_stream=sys.stderr)
-        counted = corrupt_counter.assign_add(1)
-        with tf.control_dependencies([printed, counted]):
+        effects = [printed]
+        if corrupt_counter is not None:
+          effects.append(corrupt_counter.assign_add(1))
+        with tf.control_dependencies(effects):
           return tf.constant(1, tf.int64)
       done = tf.cond(intact, lambda: tf.constant(0, tf.int64), report)
       with tf.control_dependencies([done]):
@@ -112,8 +117,9 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
       per-replica batch size.
     repeat: repeat forever; defaults to is_training.
     seed: seed for file/record shuffling and cropping (deterministic given the seed).
-    corrupt_counter: tf.Variable int64 scalar incremented per skipped file (skip_corrupt);
-      created when None and exposed as `dataset.corrupt_counter`.
+    corrupt_counter: optional tf.Variable int64 scalar incremented per skipped file
+      (skip_corrupt), exposed as `dataset.corrupt_counter`; its iterator then cannot be
+      checkpointed (see the module doc), so training passes none.
     fields: InputFields keys the model trains on (its `input_fields`), or None for every
       known field (see input_fields.resolve: evaluation always adds the segment ground truth,
       every batch carries features, num_steps, video_id, duration, feature_fps and
@@ -144,8 +150,6 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
   output_keys, parsed_keys = input_fields.resolve(fields, is_training, num_classes)
   files = list_files(file_pattern)
   sizes = [tf.io.gfile.stat(f).length for f in files]
-  if skip_corrupt and corrupt_counter is None:
-    corrupt_counter = make_corrupt_counter()
 
   per_replica_batch = int(batch_size)
   if input_context is not None:
@@ -160,8 +164,7 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
   dataset = _decode_and_batch(dataset, stream_dims, num_classes, per_replica_batch,
                               is_training, max_steps, min_kept_fraction, max_segments, seed,
                               output_keys, parsed_keys, shuffle)
-  if corrupt_counter is not None:
-    dataset.corrupt_counter = corrupt_counter
+  dataset.corrupt_counter = corrupt_counter
   return dataset
 
 

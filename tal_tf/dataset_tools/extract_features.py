@@ -237,5 +237,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -324,6 +324,6 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app as _app
+  from tal_tf.utils import cli as _cli
   _define_flags()
-  _app.run(main)
+  _cli.run(main)

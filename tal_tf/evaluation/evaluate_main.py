@@ -164,4 +164,5 @@ def main(argv):
 define_flags()
 
 if __name__ == "__main__":
-  app.run(main)
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

@@ -33,6 +33,7 @@ B = 0 give empty results.
 import collections
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -45,6 +46,7 @@ from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
 from tal_tf.meta_architectures import meta_arch
+from tal_tf.utils import atomic_files
 from tal_tf.utils import config_util
 
 SERVING_SIGNATURE = "serving_default"
@@ -279,6 +281,16 @@ class DetectionModule(tf.Module):
     }
     sequence_spec = {SEF.feature_key(s): tf.io.FixedLenSequenceFeature([d], tf.float32)
                      for s, d in self._stream_dims.items()}
+    # The signature declares [B], but a C++ client can feed any rank; the parser would then
+    # fail (or, for a scalar, silently return unbatched values) without naming the input.
+    # A raw Shape op keeps the check in the graph (a static rank would be folded away).
+    shape = tf.raw_ops.Shape(input=examples, out_type=tf.int32)
+    rank_check = tf.debugging.Assert(
+        tf.equal(tf.raw_ops.Size(input=shape, out_type=tf.int32), 1),
+        [f"input {EXAMPLES_INPUT} must be string [batch] (serialized SequenceExamples); got "
+         "shape", shape], name=f"check_rank_{EXAMPLES_INPUT}")
+    with tf.control_dependencies([rank_check]):
+      examples = tf.identity(examples)
     # The batched parser pads every feature list to the longest in the batch and reports
     # each list's length, which is exactly the padded layout `detect` takes.
     context, sequences, lengths = tf.io.parse_sequence_example(
@@ -495,6 +507,30 @@ def choose_version(base_dir, model_version=None, overwrite=False):
   return model_version
 
 
+_LEFTOVER_RE = re.compile(r"^\.(export|replaced)-(\d+)-(\d+)-.+$")
+
+
+def recover_interrupted_exports(output_directory):
+  """Cleans up after exports killed mid-way (by their pid, when that process is gone): a
+  version moved aside by an interrupted --overwrite is put back if its replacement never
+  arrived, and unfinished staging folders are removed. Returns the paths handled."""
+  handled = []
+  for name in sorted(os.listdir(output_directory)):
+    match = _LEFTOVER_RE.match(name)
+    if not match or atomic_files.pid_alive(int(match.group(3))):
+      continue
+    path = os.path.join(output_directory, name)
+    old = os.path.join(path, "old")
+    final_dir = os.path.join(output_directory, match.group(2))
+    if match.group(1) == "replaced" and os.path.isdir(old) and not os.path.exists(final_dir):
+      os.rename(old, final_dir)
+      logging.warning("put back version %s of %s, moved aside by an interrupted export",
+                      match.group(2), output_directory)
+    shutil.rmtree(path, ignore_errors=True)
+    handled.append(path)
+  return handled
+
+
 def _label_map_source(config, label_map_path):
   if label_map_path:
     if not os.path.isfile(label_map_path):
@@ -526,43 +562,64 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
   """
   checkpoint = resolve_checkpoint(trained_checkpoint)
   os.makedirs(output_directory, exist_ok=True)
+  recover_interrupted_exports(output_directory)
   version = choose_version(output_directory, model_version, overwrite)
   label_map = _label_map_source(config, label_map_path)
   module = build_detection_module(config, checkpoint, max_detections=max_detections)
 
   final_dir = os.path.join(output_directory, str(version))
-  # A name TF Serving ignores (not all digits) while the version is incomplete.
-  staging = tempfile.mkdtemp(prefix=f".export-{version}-", dir=output_directory)
+  # A name TF Serving ignores (not all digits) while the version is incomplete; the pid
+  # lets a later run clear what a killed export left.
+  staging = tempfile.mkdtemp(prefix=f".export-{version}-{os.getpid()}-", dir=output_directory)
   try:
-    tf.saved_model.save(module, staging, signatures=module.signatures())
-    check_core_ops(staging)
-    saved_config = type(config)()
-    saved_config.CopyFrom(config)
-    if label_map:
-      shutil.copyfile(label_map, os.path.join(staging, LABEL_MAP_NAME))
-      # Point the saved config at the copy so the directory is self-contained.
-      for reader_name in ("eval_input_reader", "train_input_reader"):
-        if saved_config.HasField(reader_name):
-          getattr(saved_config, reader_name).label_map_path = LABEL_MAP_NAME
-    if max_detections is not None:
-      saved_config.export_config.max_detections = int(max_detections)
-    with open(os.path.join(staging, PIPELINE_CONFIG_NAME), "w", encoding="utf-8") as f:
-      f.write(text_format.MessageToString(saved_config))
-    write_model_info(module.model, staging)
-    tf.train.Checkpoint(model=module.model).save(
-        os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
-    if os.path.isdir(final_dir):
-      # Move the old version aside first so the new one appears in one rename.
-      trash = tempfile.mkdtemp(prefix=f".replaced-{version}-", dir=output_directory)
-      os.rename(final_dir, os.path.join(trash, "old"))
-      os.rename(staging, final_dir)
-      shutil.rmtree(trash, ignore_errors=True)
-    else:
-      os.rename(staging, final_dir)
+    _write_version(module, config, staging, final_dir, output_directory, version,
+                   max_detections, label_map)
+  except (OSError, tf.errors.OpError) as e:
+    # A full disk (or a permission problem) while writing: the staging folder goes (below)
+    # and the versions already served are untouched.
+    reason = e.message if isinstance(e, tf.errors.OpError) else str(e)
+    reason = reason.strip().splitlines()[0] if reason.strip() else type(e).__name__
+    raise ExportError(
+        f"{output_directory}: writing version {version} failed ({reason}); the existing "
+        f"versions {existing_versions(output_directory)} are untouched") from None
   finally:
     if os.path.isdir(staging):
       shutil.rmtree(staging, ignore_errors=True)
   logging.info("exported version %d of %s to %s (from %s)", version, ",".join(
       module.stream_dims), final_dir, checkpoint)
   return final_dir
+
+
+def _write_version(module, config, staging, final_dir, output_directory, version,
+                   max_detections, label_map):
+  """Writes the version into `staging` and renames it to `final_dir` (see the module doc)."""
+  tf.saved_model.save(module, staging, signatures=module.signatures())
+  check_core_ops(staging)
+  saved_config = type(config)()
+  saved_config.CopyFrom(config)
+  if label_map:
+    shutil.copyfile(label_map, os.path.join(staging, LABEL_MAP_NAME))
+    # Point the saved config at the copy so the directory is self-contained.
+    for reader_name in ("eval_input_reader", "train_input_reader"):
+      if saved_config.HasField(reader_name):
+        getattr(saved_config, reader_name).label_map_path = LABEL_MAP_NAME
+  if max_detections is not None:
+    saved_config.export_config.max_detections = int(max_detections)
+  with open(os.path.join(staging, PIPELINE_CONFIG_NAME), "w", encoding="utf-8") as f:
+    f.write(text_format.MessageToString(saved_config))
+  write_model_info(module.model, staging)
+  tf.train.Checkpoint(model=module.model).save(
+      os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
+  os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
+  if os.path.isdir(final_dir):
+    # Move the old version aside first so the new one appears in one rename.
+    trash = tempfile.mkdtemp(prefix=f".replaced-{version}-{os.getpid()}-", dir=output_directory)
+    os.rename(final_dir, os.path.join(trash, "old"))
+    try:
+      os.rename(staging, final_dir)
+    except OSError:
+      os.rename(os.path.join(trash, "old"), final_dir)  # Keep serving the old version.
+      raise
+    shutil.rmtree(trash, ignore_errors=True)
+  else:
+    os.rename(staging, final_dir)

@@ -9,6 +9,8 @@
 * `restore_newest_intact`: restores the newest checkpoint that reads; a truncated or damaged
   one is named in a warning and the previous intact one is used.
 * `remove_stale_temp_dirs`: removes `ckpt-N_temp*` folders a killed save left behind.
+* `save_or_explain`: a save that fails (disk full) cleans up after itself and raises one
+  line naming the model_dir and the intact previous checkpoint.
 """
 
 import errno
@@ -129,6 +131,43 @@ def remove_stale_temp_dirs(directory, prefix="ckpt"):
     logging.warning("removed unfinished checkpoint folders of an interrupted save: %s",
                     ", ".join(removed))
   return removed
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (e.g. the disk is full); the previous ones are kept."""
+
+
+def save_or_explain(manager, step):
+  """manager.save(step); a failed write (disk full, permissions) removes what it left of
+  checkpoint `step` and raises CheckpointWriteError naming the folder and the intact
+  previous checkpoint. TensorFlow only updates the `checkpoint` state file after a
+  complete save, so the earlier checkpoints stay the ones a re-run restores."""
+  try:
+    return manager.save(checkpoint_number=step, check_interval=False)
+  except (tf.errors.OpError, OSError) as e:
+    directory = manager.directory
+    prefix = os.path.join(directory, f"ckpt-{int(step)}")
+    for leftover in glob.glob(prefix + ".*") + glob.glob(prefix + "_temp*"):
+      if os.path.isdir(leftover):
+        shutil.rmtree(leftover, ignore_errors=True)
+      else:
+        try:
+          os.remove(leftover)
+        except OSError:
+          pass
+    reason = _first_line(e)
+    previous = tf.train.latest_checkpoint(directory)
+    kept = (f"the previous checkpoint {previous} is intact; free space and re-run to resume "
+            "from it") if previous else "no earlier checkpoint exists"
+    raise CheckpointWriteError(
+        f"{directory}: writing checkpoint ckpt-{int(step)} failed ({reason}); {kept}") from None
+
+
+def _first_line(error):
+  """An OSError's or OpError's message on one line, without TensorFlow's node prefix."""
+  text = error.message if isinstance(error, tf.errors.OpError) else str(error)
+  text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text).strip()
+  return text.splitlines()[0] if text else type(error).__name__
 
 
 def open_manager(checkpoint, directory, **kwargs):

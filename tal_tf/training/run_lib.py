@@ -8,6 +8,7 @@ import tensorflow as tf
 from tal_tf.builders import model_builder
 from tal_tf.training import eval_lib
 from tal_tf.training import train_lib
+from tal_tf.utils import config_util
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 
@@ -45,12 +46,21 @@ def _step_of(checkpoint_path):
     return 0
 
 
+def _check_eval_data(config, model):
+  """The eval reader's label map and records against the config, before evaluation."""
+  if config.HasField("eval_input_reader"):
+    config_util.check_config_against_data(config, model.num_classes,
+                                          reader_names=("eval_input_reader",))
+
+
 def run(config, model_dir, mode, num_train_steps=None, checkpoint=None):
   """Runs `mode` for `config` in `model_dir`; returns the last metrics dict (or None)."""
   if mode not in MODES:
     raise ValueError(f"--mode must be one of {MODES}, got {mode!r}")
   if mode in ("train", "train_and_eval"):
-    trainer = train_lib.Trainer(config, model_dir, num_train_steps)
+    trainer = train_lib.Trainer(config, model_dir, num_train_steps)  # Checks the train data.
+    if mode == "train_and_eval":
+      _check_eval_data(config, trainer.model)
     evaluate_fn = None
     results = {}
     if mode == "train_and_eval":
@@ -65,6 +75,7 @@ def run(config, model_dir, mode, num_train_steps=None, checkpoint=None):
       evaluate_fn(step)
       return results["metrics"]
     return None
+  _check_eval_data(config, model_builder.build(config.model))
   if mode == "eval":
     metrics, _ = evaluate_checkpoint(config, model_dir, checkpoint)
     return metrics

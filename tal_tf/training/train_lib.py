@@ -139,6 +139,8 @@ class Trainer:
     self.config = config
     self.model_dir = model_dir
     train_config = config.train_config
+    # Configs built in code skip load_pipeline_config; their numbers are checked here.
+    config_util.check_numeric_fields(config)
     tf.io.gfile.makedirs(model_dir)
     self.strategy = build_strategy(train_config.distribution_strategy)
     if train_config.seed:
@@ -147,6 +149,8 @@ class Trainer:
     with self.strategy.scope():
       self.model = model_builder.build(config.model)
       config_util.check_model_streams(config, self.model.stream_names)
+      # Before any graph: class count vs label map, streams and dims vs the records.
+      config_util.check_config_against_data(config, self.model.num_classes)
       specs, self.num_train_steps = train_phase_builder.build(
           train_config, self.model.training_phases, num_train_steps)
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -411,14 +415,14 @@ class Trainer:
       if (_crossed(step, n, train_config.checkpoint_every_n_steps) or
           (step == phase.end and step < target)):
         # Phase ends are always checkpointed: the next phase may rely on this one's weights.
-        manager.save(checkpoint_number=step, check_interval=False)
+        checkpoint_util.save_or_explain(manager, step)
         saved = True
       if eval_every and _crossed(step, n, eval_every) and step < target:
         if not saved:
-          manager.save(checkpoint_number=step, check_interval=False)
+          checkpoint_util.save_or_explain(manager, step)
         evaluate_fn(step)
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-      manager.save(checkpoint_number=step, check_interval=False)
+      checkpoint_util.save_or_explain(manager, step)
     writer.close()
     return step
 

@@ -22,7 +22,8 @@ def temp_name(path):
   return os.path.join(head, f".{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+  """True if process `pid` exists on this host (possibly owned by another user)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -44,7 +45,7 @@ def remove_stale_temporaries(directory, target_pattern):
     if not match or not target_re.fullmatch(match.group("target")):
       continue
     pid = int(match.group("pid"))
-    if pid != os.getpid() and _pid_alive(pid):
+    if pid != os.getpid() and pid_alive(pid):
       continue  # Another live writer's file.
     path = os.path.join(directory, name)
     try:

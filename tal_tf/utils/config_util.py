@@ -4,6 +4,7 @@ Loading is strict: an unknown field, a wrong type, a field set twice or a missin
 value raises `ConfigError` naming the file, line and field.
 """
 
+import math
 import os
 
 import tensorflow as tf
@@ -11,8 +12,16 @@ from google.protobuf import descriptor
 from google.protobuf import text_format
 
 from tal_tf.protos import pipeline_pb2
+from tal_tf.protos import validation_pb2
 
 PIPELINE_CONFIG_NAME = "pipeline.config"
+
+_FD = descriptor.FieldDescriptor
+INTEGER_TYPES = frozenset([_FD.TYPE_INT32, _FD.TYPE_INT64, _FD.TYPE_UINT32, _FD.TYPE_UINT64,
+                           _FD.TYPE_SINT32, _FD.TYPE_SINT64, _FD.TYPE_FIXED32,
+                           _FD.TYPE_FIXED64, _FD.TYPE_SFIXED32, _FD.TYPE_SFIXED64])
+FLOAT_TYPES = frozenset([_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE])
+NUMERIC_TYPES = INTEGER_TYPES | FLOAT_TYPES
 
 
 class ConfigError(ValueError):
@@ -57,9 +66,9 @@ def load_pipeline_config(path, override=None, validate=True):
 def merge_override(config, override_text):
   """Merges text proto `override_text` over `config` in place.
 
-  Scalars are replaced, messages merged recursively, and a repeated field named in the
-  override replaces the file's list (so `input_path: "x"` points training somewhere else
-  instead of adding a second path).
+  Scalars are replaced, messages merged recursively, maps merged key by key, and a repeated
+  field named in the override replaces the file's list (so `input_path: "x"` points training
+  somewhere else instead of adding a second path).
   """
   override = _parse_text(override_text, type(config)(), "--config_override")
   _merge_replacing_repeated(config, override)
@@ -105,7 +114,15 @@ def _clear_path(message, path):
 
 def _merge_replacing_repeated(target, source):
   for field, value in source.ListFields():
-    if field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+    if field.type == _FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+      # A map is merged key by key (`params { key: "k" value: "v" }` changes one entry).
+      target_map = getattr(target, field.name)
+      for key in value:
+        if field.message_type.fields_by_name["value"].type == _FD.TYPE_MESSAGE:
+          target_map[key].CopyFrom(value[key])
+        else:
+          target_map[key] = value[key]
+    elif field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
       target.ClearField(field.name)
       getattr(target, field.name).extend(value)
     elif field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
@@ -122,6 +139,95 @@ def _merge_replacing_repeated(target, source):
 def _require(condition, source, field, message):
   if not condition:
     raise ConfigError(f"{source}: field {field}: {message}")
+
+
+def numeric_rule(field):
+  """The `(tal_tf.protos.check)` NumericCheck declared on a field descriptor, or None."""
+  options = field.GetOptions()
+  if not options.HasExtension(validation_pb2.check):
+    return None
+  return options.Extensions[validation_pb2.check]
+
+
+def describe_rule(rule):
+  """Human-readable range of a NumericCheck, e.g. '> 0', 'in [0, 1)', 'finite'."""
+  has_min, has_max = rule.HasField("min"), rule.HasField("max")
+  fmt = lambda v: f"{v:g}"  # pylint: disable=unnecessary-lambda-assignment
+  if has_min and has_max:
+    return (f"in {'(' if rule.min_exclusive else '['}{fmt(rule.min)}, {fmt(rule.max)}"
+            f"{')' if rule.max_exclusive else ']'}")
+  if has_min:
+    return f"{'>' if rule.min_exclusive else '>='} {fmt(rule.min)}"
+  if has_max:
+    return f"{'<' if rule.max_exclusive else '<='} {fmt(rule.max)}"
+  return "finite"
+
+
+def rule_violation(rule, value, is_float):
+  """Why `value` breaks `rule` ('must be > 0'), or None when it is valid."""
+  if is_float and not math.isfinite(value):
+    return "must be finite" + ("" if rule.any or describe_rule(rule) == "finite"
+                               else f" and {describe_rule(rule)}")
+  if rule.any:
+    return None
+  low_ok = (not rule.HasField("min") or
+            (value > rule.min if rule.min_exclusive else value >= rule.min))
+  high_ok = (not rule.HasField("max") or
+             (value < rule.max if rule.max_exclusive else value <= rule.max))
+  if low_ok and high_ok:
+    return None
+  return f"must be {describe_rule(rule)}"
+
+
+def _format_value(value):
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_numeric_fields(message, source="<config>", prefix=""):
+  """Checks every set numeric field of `message` and of each message under it against its
+  declared `(check)` rule (floats must be finite); raises ConfigError naming the first bad
+  field as `source: field a.b.c: must be > 0, got -1`.
+  """
+  for field, value in message.ListFields():
+    path = f"{prefix}{field.name}"
+    repeated = field.label == _FD.LABEL_REPEATED
+    if field.type == _FD.TYPE_MESSAGE:
+      if field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        for key in value:
+          item = value[key]
+          if value_field.type == _FD.TYPE_MESSAGE:
+            check_numeric_fields(item, source, f"{path}[{key!r}].")
+          else:
+            _check_scalar(value_field, item, source, f"{path}[{key!r}]")
+      elif repeated:
+        for i, item in enumerate(value):
+          check_numeric_fields(item, source, f"{path}[{i}].")
+      else:
+        check_numeric_fields(value, source, f"{path}.")
+      continue
+    if field.type not in NUMERIC_TYPES:
+      continue
+    if repeated:
+      for i, item in enumerate(value):
+        _check_scalar(field, item, source, f"{path}[{i}]")
+      rule = numeric_rule(field)
+      if rule is not None and rule.increasing:
+        for i in range(1, len(value)):
+          _require(value[i] > value[i - 1], source, f"{path}[{i}]",
+                   f"must be greater than {path}[{i - 1}] (strictly increasing), got "
+                   f"{_format_value(value[i])} after {_format_value(value[i - 1])}")
+    else:
+      _check_scalar(field, value, source, path)
+  return message
+
+
+def _check_scalar(field, value, source, path):
+  # A field without a rule (tests/utils/test_validation.py refuses those) is still
+  # checked for being finite.
+  rule = numeric_rule(field) or validation_pb2.NumericCheck(any=True)
+  problem = rule_violation(rule, value, field.type in FLOAT_TYPES)
+  _require(problem is None, source, path, f"{problem}, got {_format_value(value)}")
 
 
 def validate_input_reader(reader, source, name):
@@ -145,7 +251,9 @@ def validate_input_reader(reader, source, name):
 
 
 def validate_pipeline_config(config, source="<config>"):
-  """Checks required values and cross-field consistency; raises ConfigError."""
+  """Checks required values, numeric ranges and cross-field consistency; raises
+  ConfigError."""
+  check_numeric_fields(config, source)
   _require(config.HasField("model") and config.model.WhichOneof("model"), source, "model",
            "a model (e.g. tal_net { ... }) is required")
   for name in ("train_input_reader", "eval_input_reader"):
@@ -176,12 +284,39 @@ def check_model_streams(config, stream_names, source="<config>"):
                f"{available})")
 
 
+def check_config_against_data(config, num_classes, reader_names=("train_input_reader",)):
+  """Checks each named input reader against its files before any graph is built: the label
+  map names ids 1..num_classes exactly, and the first record of every input file holds the
+  declared streams with the declared dims (and label ids within 1..num_classes).
+
+  Raises data_checks.DataMismatchError (or label_map_util.LabelMapError) naming the file.
+  """
+  from tal_tf.data import data_checks  # pylint: disable=g-import-not-at-top
+  arch = config.model.WhichOneof("model")
+  for name in reader_names:
+    if not config.HasField(name):
+      continue
+    reader = getattr(config, name)
+    if reader.label_map_path:
+      data_checks.check_label_map(reader.label_map_path, int(num_classes),
+                                  field=f"{name}.label_map_path",
+                                  num_classes_field=f"model.{arch}.num_classes")
+    data_checks.check_first_records(reader.input_path, stream_dims(reader), int(num_classes),
+                                    field=name, skip_corrupt=reader.skip_corrupt_records)
+
+
 def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):
   """Writes `config` as text proto to `directory`/`filename`; returns the path."""
   tf.io.gfile.makedirs(directory)
   path = os.path.join(directory, filename)
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write(text_format.MessageToString(config))
+  text = text_format.MessageToString(config)
+  if "://" in path:  # A remote file system (e.g. gs://) writes objects whole anyway.
+    with tf.io.gfile.GFile(path, "w") as f:
+      f.write(text)
+  else:
+    # A full disk or a kill mid-write must not leave a truncated config of the run.
+    from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
+    atomic_files.write_text(path, text)
   return path
 
 

@@ -136,7 +136,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("output_dir", None, "Where to write videos/, annotations.json and "
                       "label_map.pbtxt.", required=True)
@@ -145,4 +144,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("fps", 25, "Frame rate.")
   flags.DEFINE_integer("width", 160, "Frame width.")
   flags.DEFINE_integer("height", 120, "Frame height.")
-  app.run(main)
+  from tal_tf.utils import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

@@ -7,6 +7,7 @@ tal_tf: only ctypes, numpy and the shared libraries shipped in the tensorflow wh
 
 SPEC: {"tf_lib_dir": dir holding libtensorflow_cc.so.2 and libtensorflow_framework.so.2,
 "export_dir": ..., "inputs": {key: tensor name}, "outputs": {key: tensor name},
+(feeds: float32 / int32 / int64 arrays, or bytes arrays (numpy 'S') as TF_STRING)
 "runs": [{"name": str, "feeds": {key: path.npy}, "out_dir": dir or null}]}.
 Each run either writes its outputs as <out_dir>/<key>.npy or records its error; the report
 {"runs": {name: {"ok": bool, "code": int, "message": str}}, "modules": [tensorflow / tal_tf
@@ -34,6 +35,8 @@ sys.meta_path.insert(0, _Block())
 
 _DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.int64): 9}
 _NUMPY = {v: k for k, v in _DTYPES.items()}
+TF_STRING = 7
+TSTRING_BYTES = 24  # sizeof(TF_TString): each element of a TF_STRING tensor.
 
 
 class TF_Output(ctypes.Structure):  # pylint: disable=invalid-name
@@ -63,6 +66,10 @@ def load_library(tf_lib_dir):
       "TF_Dim": ([vp, c_int], ctypes.c_int64),
       "TF_TensorType": ([vp], c_int),
       "TF_DeleteTensor": ([vp], None),
+      "TF_StringInit": ([vp], None),
+      "TF_StringCopy": ([vp, ctypes.c_char_p, ctypes.c_size_t], None),
+      "TF_StringGetDataPointer": ([vp], vp),
+      "TF_StringGetSize": ([vp], ctypes.c_size_t),
       "TF_SessionRun": ([vp, vp, ctypes.POINTER(TF_Output), ctypes.POINTER(vp), c_int,
                          ctypes.POINTER(TF_Output), ctypes.POINTER(vp), c_int,
                          vp, c_int, vp, vp], None),
@@ -100,6 +107,16 @@ class CApiSession:
   def _tensor(self, array):
     array = np.ascontiguousarray(array)
     dims = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
+    if array.dtype.kind in ("S", "O"):
+      # A TF_STRING tensor holds one TF_TString per element, each set by TF_StringCopy.
+      tensor = self.lib.TF_AllocateTensor(TF_STRING, dims, array.ndim,
+                                          TSTRING_BYTES * array.size)
+      base = self.lib.TF_TensorData(tensor)
+      for i, value in enumerate(array.reshape(-1)):
+        element = ctypes.c_void_p(base + i * TSTRING_BYTES)
+        self.lib.TF_StringInit(element)
+        self.lib.TF_StringCopy(element, bytes(value), len(bytes(value)))
+      return tensor
     tensor = self.lib.TF_AllocateTensor(_DTYPES[array.dtype], dims, array.ndim, array.nbytes)
     if array.nbytes:
       ctypes.memmove(self.lib.TF_TensorData(tensor), array.ctypes.data, array.nbytes)
@@ -108,6 +125,14 @@ class CApiSession:
   def _array(self, tensor):
     lib = self.lib
     shape = [lib.TF_Dim(tensor, d) for d in range(lib.TF_NumDims(tensor))]
+    if lib.TF_TensorType(tensor) == TF_STRING:
+      base = lib.TF_TensorData(tensor)
+      values = []
+      for i in range(int(np.prod(shape))):
+        element = ctypes.c_void_p(base + i * TSTRING_BYTES)
+        values.append(ctypes.string_at(lib.TF_StringGetDataPointer(element),
+                                       lib.TF_StringGetSize(element)))
+      return np.array(values, dtype="S").reshape(shape)
     size = lib.TF_TensorByteSize(tensor)
     raw = ctypes.string_at(lib.TF_TensorData(tensor), size) if size else b""
     return np.frombuffer(raw, _NUMPY[lib.TF_TensorType(tensor)]).reshape(shape).copy()
@@ -145,7 +170,8 @@ def main(spec_path):
   fetches = [spec["outputs"][k] for k in output_keys]
   report = {}
   for run in spec["runs"]:
-    feeds = {spec["inputs"][k]: np.load(path) for k, path in run["feeds"].items()}
+    feeds = {spec["inputs"][k]: np.load(path, allow_pickle=False)
+             for k, path in run["feeds"].items()}
     code, message, arrays = session.run(feeds, fetches)
     report[run["name"]] = {"ok": code == 0, "code": code, "message": message}
     if arrays is not None and run.get("out_dir"):

@@ -69,7 +69,31 @@ BAD_RUNS = {
                 "input feature_fps must be finite and > 0"),
     "stream_lengths_differ": (lambda x: dict(x, flow=x["flow"][:, :-3]),
                               "inputs flow and rgb must have the same batch and T"),
+    # A wrong rank of every input stops at its named rank check (not deep in the graph).
+    "rgb_rank_4": (lambda x: dict(x, rgb=x["rgb"][None]),
+                   "input rgb must be float32 [batch, T, 12]"),
+    "flow_rank_2": (lambda x: dict(x, flow=x["flow"][0]),
+                    "input flow must be float32 [batch, T, 8]"),
+    "flow_rank_1": (lambda x: dict(x, flow=x["flow"][0, 0]),
+                    "input flow must be float32 [batch, T, 8]"),
+    "num_steps_rank_2": (lambda x: dict(x, num_steps=x["num_steps"][None]),
+                         "input num_steps must be int32 [batch]"),
+    "feature_fps_rank_2": (lambda x: dict(x, feature_fps=x["feature_fps"][:, None]),
+                           "input feature_fps must be float32 [batch]"),
 }
+# tf_example signature: (examples modifier, substring expected in the error).
+BAD_EXAMPLE_RUNS = {
+    "examples_rank_2": (lambda e: e[None], "input examples must be string [batch]"),
+    "examples_rank_2_column": (lambda e: e[:, None], "input examples must be string [batch]"),
+}
+
+
+def _serialized_batch(videos, fps):
+  """Serialized SequenceExamples (numpy bytes [B]) of `videos` at `fps` steps/s each."""
+  return np.array([sequence_example.make_sequence_example(
+      f"v{i}", next(iter(v.values())).shape[0] / float(r), float(r), v,
+      np.zeros((0, 2), np.float32), [], []).SerializeToString()
+      for i, (v, r) in enumerate(zip(videos, fps))], dtype="S")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,6 +149,21 @@ def processes(exported, tmp_path_factory):
     json.dump(spec, f)
   start("capi", [sys.executable, "-I", os.path.join(HERE, "c_api_runner.py"),
                  os.path.join(work, "capi_spec.json")])
+  # The tf_example signature through the C API: good records, then each bad rank.
+  videos, batch_inputs = _batch()
+  examples = _serialized_batch(videos, batch_inputs["feature_fps"])
+  ex_in, ex_out = _signature_tensor_names(export_dir, "tf_example")
+  ex_runs = []
+  for name, value in [("good", examples)] + [
+      (name, modify(examples)) for name, (modify, _) in BAD_EXAMPLE_RUNS.items()]:
+    path = os.path.join(work, f"capi_examples_{name}.npy")
+    np.save(path, value)
+    ex_runs.append(dict(name=name, feeds={"examples": path},
+                        out_dir=os.path.join(work, "capi_examples_" + name)))
+  with open(os.path.join(work, "capi_examples_spec.json"), "w") as f:
+    json.dump(dict(spec, inputs=ex_in, outputs=ex_out, runs=ex_runs), f)
+  start("capi_examples", [sys.executable, "-I", os.path.join(HERE, "c_api_runner.py"),
+                          os.path.join(work, "capi_examples_spec.json")])
   yield dict(work=work, procs=procs, inputs=inputs)
   for proc, out, err in procs.values():
     if proc.poll() is None:
@@ -226,7 +265,8 @@ def test_checkpoint_errors_are_clear(exported, tmp_path):
     exporter_lib.resolve_checkpoint(str(tmp_path / "ckpt-9"))
   other = config_util.parse_pipeline_text(
       tiny_model.CONFIG.replace("num_filters: 16", "num_filters: 8")
-      % dict(label_map="x", max_detections=5, window=0))
+      % dict(label_map="x", max_detections=5, window=0, rgb_dim=tiny_model.STREAM_DIMS["rgb"],
+             flow_dim=tiny_model.STREAM_DIMS["flow"]))
   with pytest.raises(exporter_lib.ExportError, match="does not match the model"):
     exporter_lib.build_detection_module(other, exported["checkpoint"])
 
@@ -430,3 +470,19 @@ def test_c_api_loader_reproduces_detections_and_survives_bad_input(processes, ex
   assert runs["empty_t"]["ok"], runs["empty_t"]
   num = np.load(os.path.join(processes["work"], "capi_empty_t", "num_detections.npy"))
   np.testing.assert_array_equal(num, [0, 0, 0])
+
+
+def test_c_api_tf_example_signature_checks_the_rank_of_examples(processes, exported):
+  code, stdout, stderr = _finish(processes, "capi_examples")
+  assert code == 0, stderr[-3000:]
+  runs = json.loads(stdout)["runs"]
+  assert runs["good"]["ok"], runs["good"]
+  expected = _call_module(exported["module"], processes["inputs"])
+  for key in (DF.detection_scores, DF.detection_segments, DF.detection_classes):
+    got = np.load(os.path.join(processes["work"], "capi_examples_good", key + ".npy"))
+    np.testing.assert_allclose(got, expected[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  for name, (_, message) in BAD_EXAMPLE_RUNS.items():
+    assert not runs[name]["ok"], name
+    assert runs[name]["code"] == 3, runs[name]  # INVALID_ARGUMENT
+    assert message in runs[name]["message"], runs[name]["message"]
+    assert "check_rank_examples" in runs[name]["message"], runs[name]["message"]

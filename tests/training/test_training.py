@@ -300,8 +300,9 @@ def test_train_main_reports_bad_config_clearly(tmp_path):
   result = subprocess.run(
       TRAIN_MAIN + [f"--pipeline_config={bad}", f"--model_dir={tmp_path / 'm'}"],
       capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
-  assert result.returncode == 2
+  assert result.returncode == 1
   assert f"{bad}:1:" in result.stderr and "unknown_field" in result.stderr
+  assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 MIRRORED_SCRIPT = """

@@ -115,3 +115,12 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_every_shipped_config_parses(path):
   config = config_util.load_pipeline_config(path)
   assert config.model.WhichOneof("model")
+
+
+def test_override_of_a_map_changes_only_the_named_keys(tmp_path):
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "contract",
+                      "toy_model.config")
+  config = config_util.load_pipeline_config(path, 'model { external { params { key: "hidden" '
+                                                  'value: "5" } } }', validate=False)
+  assert dict(config.model.external.params) == {"num_classes": "20", "streams": "rgb,flow",
+                                                "hidden": "5"}
