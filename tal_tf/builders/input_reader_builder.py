@@ -5,11 +5,12 @@ from tal_tf.utils import config_util
 
 
 def build(reader_config, num_classes, is_training, input_context=None, seed=None,
-          batch_size=None, fields=None):
+          batch_size=None, fields=None, start_position=None, log_fn=None):
   """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
 
   `batch_size` overrides the reader's global batch size (e.g. eval on one video at a time);
   with an `input_context`, `build_dataset` derives the per-replica batch from the global one.
+  `start_position` (training): read in the resumable order from that many records on.
   """
   del fields  # The model's input fields; every known field is parsed for now.
   batch = int(batch_size or reader_config.batch_size)
@@ -28,4 +29,6 @@ def build(reader_config, num_classes, is_training, input_context=None, seed=None
       max_segments=reader_config.max_segments or None,
       input_context=input_context,
       repeat=reader_config.repeat if is_training else False,
-      seed=seed)
+      seed=seed,
+      start_position=start_position,
+      log_fn=log_fn)

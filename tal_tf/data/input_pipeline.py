@@ -106,7 +106,8 @@ def _pad_shapes(stream_dims, time_dim, max_segments, num_classes):
 def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_training,
                   max_steps=None, min_kept_fraction=0.5, shuffle_buffer=256,
                   num_parallel_reads=4, skip_corrupt=False, max_segments=None,
-                  input_context=None, repeat=None, seed=None, corrupt_counter=None):
+                  input_context=None, repeat=None, seed=None, corrupt_counter=None,
+                  start_position=None, log_fn=None):
   """Builds the batched input dataset from TFRecords of SequenceExamples.
 
   Args:
@@ -130,6 +131,10 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     seed: seed for file/record shuffling and cropping (deterministic given the seed).
     corrupt_counter: tf.Variable int64 scalar incremented per skipped file (skip_corrupt);
       created when None and exposed as `dataset.corrupt_counter`.
+    start_position: training: read endlessly in the resumable order of
+      `deterministic_order.ordered_records` (crops seeded per record and epoch), starting
+      after this many records consumed by all input pipelines together.
+    log_fn: called with a line saying how the resumable order shards and starts.
   Returns:
     tf.data.Dataset of dicts (InputFields keys): features {stream: [B, T, D]}, num_steps [B],
     groundtruth_segments / _seconds [B, G, 2] (window coordinates), groundtruth_labels
@@ -196,6 +201,15 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
   else:
     dataset = dataset.map(lambda serialized: (serialized, tf.zeros([2], tf.int64)))
+  if start_position is not None:
+    # The resumable order replaces the reading, sharding and shuffling above: records and
+    # crop seeds are a function of (seed, epoch, position); see deterministic_order.
+    from tal_tf.data import deterministic_order  # pylint: disable=g-import-not-at-top
+    dataset = deterministic_order.ordered_records(
+        files, sizes, seed, start_position, shuffle=shuffle,
+        shuffle_window=int(shuffle_buffer or 1), num_parallel_reads=num_parallel_reads,
+        input_context=input_context, skip_corrupt=skip_corrupt,
+        corrupt_counter=corrupt_counter, log_fn=log_fn)
 
   def decode(serialized, crop_seed):
     decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes)
@@ -215,7 +229,8 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     return decoded
 
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=not shuffle or seed is not None)
+                        deterministic=(not shuffle or seed is not None or
+                                       start_position is not None))
   time_dim = int(max_steps) if crop else None
   padded_shapes = _pad_shapes(stream_dims, time_dim,
                               int(max_segments) if max_segments is not None else None,
