@@ -63,8 +63,10 @@ class ToyStepClassifier(meta_arch.TemporalDetectionModel):
     inside = ((steps >= seg[:, tf.newaxis, :, 0]) & (steps < seg[:, tf.newaxis, :, 1]) &
               valid_gt[:, tf.newaxis, :])  # [B, T, G]
     labels = tf.cast(groundtruth[InputFields.labels], tf.int32)
-    # A step inside several segments takes the largest label (deterministic).
-    target = tf.reduce_max(tf.where(inside, labels[:, tf.newaxis, :], 0), axis=-1)
+    # A step inside several segments takes the largest label (deterministic); with no
+    # segment slots at all (G = 0) the max of nothing is clamped to background.
+    target = tf.maximum(
+        tf.reduce_max(tf.where(inside, labels[:, tf.newaxis, :], 0), axis=-1), 0)
     weights = tf.cast(tf.sequence_mask(predictions["num_steps"], t), tf.float32)
     per_step = losses_lib.weighted_softmax_cross_entropy(logits, target, weights)
     loss = tf.reduce_sum(per_step) / tf.maximum(tf.reduce_sum(weights), 1.0)
