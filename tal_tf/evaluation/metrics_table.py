@@ -146,6 +146,7 @@ def write_metrics_json(metrics, path, extra=None):
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(payload, f, indent=2, sort_keys=True)
       f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; metrics are meant to be read.
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

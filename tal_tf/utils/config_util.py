@@ -63,7 +63,44 @@ def merge_override(config, override_text):
   """
   override = _parse_text(override_text, type(config)(), "--config_override")
   _merge_replacing_repeated(config, override)
+  # `field: []` parses to nothing at all; it still means "replace the list with an empty
+  # one", so clear every repeated field the override names with an empty list.
+  for path in _empty_list_paths(override_text):
+    _clear_path(config, path)
   return config
+
+
+def _empty_list_paths(text):
+  """Field paths (tuples of names) written as `name: []` in a text proto."""
+  tokenizer = text_format.Tokenizer(text.splitlines())
+  tokens = []
+  while not tokenizer.AtEnd():
+    tokens.append(tokenizer.token)
+    tokenizer.NextToken()
+  stack, paths, i = [], [], 0
+  while i < len(tokens):
+    tok = tokens[i]
+    nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+    if tok in ("}", ">"):
+      stack.pop()
+    elif nxt in ("{", "<"):
+      stack.append(tok)
+      i += 1
+    elif nxt == ":" and i + 2 < len(tokens) and tokens[i + 2] in ("{", "<"):
+      stack.append(tok)
+      i += 2
+    elif (nxt == ":" and i + 3 < len(tokens) and tokens[i + 2] == "[" and
+          tokens[i + 3] == "]"):
+      paths.append(tuple(stack) + (tok,))
+      i += 3
+    i += 1
+  return paths
+
+
+def _clear_path(message, path):
+  for name in path[:-1]:
+    message = getattr(message, name)
+  message.ClearField(path[-1])
 
 
 def _merge_replacing_repeated(target, source):
@@ -111,11 +148,19 @@ def validate_pipeline_config(config, source="<config>"):
   """Checks required values and cross-field consistency; raises ConfigError."""
   _require(config.HasField("model") and config.model.WhichOneof("model"), source, "model",
            "a model (e.g. tal_net { ... }) is required")
-  # Model-specific fields are checked by the model's builder; the model's streams are
-  # checked against the readers' once it is built (it declares them: model.stream_names).
   for name in ("train_input_reader", "eval_input_reader"):
     if config.HasField(name):
       validate_input_reader(getattr(config, name), source, name)
+  # Model-specific fields are checked by the model's own builder: build the model (layers
+  # only, no weights yet: cheap) and check the streams it declares against the readers.
+  from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
+  arch = config.model.WhichOneof("model")
+  try:
+    model = model_builder.build(config.model)
+  except (ValueError, KeyError, NotImplementedError) as e:
+    message = str(e.args[0]) if e.args else str(e)
+    raise ConfigError(f"{source}: model.{arch}: {message}") from None
+  check_model_streams(config, model.stream_names, source)
   return config
 
 

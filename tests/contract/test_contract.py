@@ -209,4 +209,5 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
         f"--output_json={metrics_json}"])
   with open(metrics_json) as f:
     evaluated = json.load(f)
-  assert "detection" in evaluated
+  assert len(evaluated["mAP"]) == len(evaluated["tiou_thresholds"]) > 0
+  assert 0.0 <= evaluated["average_mAP"] <= 1.0

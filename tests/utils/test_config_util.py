@@ -91,6 +91,19 @@ def test_bad_override_is_named(tmp_path):
     config_util.load_pipeline_config(_write(tmp_path, MINIMAL), "model { bogus: 1 }")
 
 
+def test_override_with_an_empty_list_empties_it(tmp_path):
+  path = _write(tmp_path, MINIMAL.replace('streams: "rgb" }', 'streams: "rgb" anchor_generator '
+                                           '{ multiscale_anchor_generator { scales: [1, 2] } } }'))
+  config = config_util.load_pipeline_config(
+      path, "model { tal_net { anchor_generator { multiscale_anchor_generator { scales: [] } } } }"
+      " train_input_reader { input_path: [] }", validate=False)
+  generator = config.model.tal_net.anchor_generator.multiscale_anchor_generator
+  assert list(generator.scales) == [] and list(config.train_input_reader.input_path) == []
+  assert list(config.model.tal_net.streams) == ["rgb"]  # not named: kept
+  with pytest.raises(config_util.ConfigError, match="input_path"):
+    config_util.load_pipeline_config(path, "train_input_reader { input_path: [] }")
+
+
 def test_save_and_reload_round_trip(tmp_path):
   config = config_util.load_pipeline_config(_write(tmp_path, MINIMAL))
   saved = config_util.save_pipeline_config(config, str(tmp_path / "run"))
