@@ -20,7 +20,6 @@ import argparse
 import collections
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,7 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
+from tal_tf.training import local_cluster  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _cpu_model():
@@ -88,10 +79,7 @@ def make_data(root, config_path, global_batch, max_steps):
 def child(args):
   """One worker: times training steps, then the gradient all-reduce; prints RESULT json."""
   if args.ports:
-    ports = args.ports.split(",")
-    os.environ["TF_CONFIG"] = json.dumps(
-        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-         "task": {"type": "worker", "index": args.task_index}})
+    os.environ["TF_CONFIG"] = local_cluster.tf_config(args.ports.split(","), args.task_index)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tal_tf.training import train_lib  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
@@ -114,17 +102,19 @@ def child(args):
 
   shapes = [v.shape for v in phase.variables]
 
+  def replica_fn():
+    ctx = tf.distribute.get_replica_context()
+    grads = [tf.ones(s) * tf.cast(ctx.replica_id_in_sync_group + 1, tf.float32)
+             for s in shapes]
+    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
   @tf.function
   def all_reduce(n):
     total = tf.constant(0.0)
     for _ in tf.range(n):
-      def replica_fn():
-        ctx = tf.distribute.get_replica_context()
-        grads = [tf.ones(s) * tf.cast(ctx.replica_id_in_sync_group + 1, tf.float32)
-                 for s in shapes]
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)[0]
       reduced = strategy.run(replica_fn)
-      total += tf.reduce_sum(strategy.experimental_local_results(reduced)[0])
+      total += tf.add_n([tf.reduce_sum(strategy.experimental_local_results(r)[0])
+                         for r in reduced])
     return total
 
   all_reduce(tf.constant(2))
@@ -138,7 +128,7 @@ def child(args):
 
 
 def _run_setting(name, config, workers, args, root):
-  ports = _free_ports(workers) if workers else []
+  ports = local_cluster.free_ports(workers) if workers else []
   procs = []
   for i in range(max(workers, 1)):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--child_config={config}",

@@ -73,7 +73,7 @@ def test_unshuffled_order_is_file_order_every_epoch(files):
   assert stream == first + first, stream
 
 
-@pytest.mark.parametrize("start", [1, 7, 16, 21, 40])
+@pytest.mark.parametrize("start", [7, 37])
 def test_starting_at_a_position_continues_the_same_stream(files, start):
   full = _take(files, 0, start + 12)
   assert _take(files, start, 12) == full[start:]

@@ -9,17 +9,10 @@
 the training graph itself (tf.print), so the lines of a SIGKILLed run are on disk.
 """
 import argparse
-import json
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def cluster_spec(ports, task_index):
-  """TF_CONFIG of worker `task_index` in a cluster of 127.0.0.1 workers."""
-  return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": int(task_index)}})
 
 
 def main():
@@ -33,7 +26,8 @@ def main():
   parser.add_argument("--ids_file", default="")
   args = parser.parse_args()
   if args.ports:
-    os.environ["TF_CONFIG"] = cluster_spec(args.ports.split(","), args.task_index)
+    from tal_tf.training import local_cluster  # pylint: disable=g-import-not-at-top
+    os.environ["TF_CONFIG"] = local_cluster.tf_config(args.ports.split(","), args.task_index)
 
   from absl import logging  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

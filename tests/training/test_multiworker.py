@@ -16,7 +16,6 @@ import collections
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ import tensorflow as tf
 from tal_tf.dataset_tools import create_tfrecord
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import synthetic_thumos
+from tal_tf.training import local_cluster
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
 
@@ -42,16 +42,6 @@ TARGET = 10  # Steps of the restarted job (3.3 epochs).
 KILL_AFTER_CHECKPOINT = 4
 EMBED_STEPS = 6  # Phase "embed" is steps 1-6, phase "head" from 7 on.
 TIMEOUT = 900
-
-
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
 
 
 def _write_config(tmp, data, strategy):
@@ -88,7 +78,7 @@ def _write_config(tmp, data, strategy):
 
 
 def _start_workers(config, model_dir, steps, out, run):
-  ports = _free_ports(2)
+  ports = local_cluster.free_ports(2)
   procs = []
   for i in range(2):
     dump = out / f"run{run}_worker{i}"
