@@ -146,45 +146,60 @@ def runs(tmp_path_factory):
   out = tmp / "out"
   out.mkdir()
 
-  # Run 1: a long run; worker 1 is SIGKILLed once a checkpoint past step 4 exists.
-  procs = _start_workers(multi, str(model_dir), 1000, out, 1)
-  try:
-    deadline = time.time() + TIMEOUT
-    while not glob.glob(str(model_dir / f"ckpt-{KILL_AFTER_CHECKPOINT}.index")):
-      for i, (p, _) in enumerate(procs):
-        assert p.poll() is None, f"worker {i} exited early:\n{_log(out, 1, i)[-5000:]}"
-      assert time.time() < deadline, "no checkpoint within the timeout"
-      time.sleep(0.5)
-    procs[1][0].send_signal(signal.SIGKILL)
-    procs[1][0].wait()
-    # The chief's next all-reduce has no peer: it fails or hangs; the job is restarted.
-    try:
-      procs[0][0].wait(timeout=60)
-    except subprocess.TimeoutExpired:
-      procs[0][0].send_signal(signal.SIGKILL)
-      procs[0][0].wait()
-  finally:
-    for p, log in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-      log.close()
-  killed_at = {i: max(_steps(out / f"run1_worker{i}"), default=0) for i in range(2)}
-
-  # Run 2: the job restarted (both workers), to step TARGET.
-  procs = _start_workers(multi, str(model_dir), TARGET, out, 2)
-  _wait(procs, out, 2)
-
-  # The reference: one process, the same global batch, uninterrupted.
+  # The reference, meanwhile: one process, the same global batches, uninterrupted.
   reference_dir = out / "single"
   reference_dir.mkdir()
-  result = subprocess.run(
+  reference_log = open(out / "single.log", "w")
+  reference = subprocess.Popen(
       [sys.executable, RUNNER, f"--config={single}", f"--model_dir={tmp / 'single_model'}",
        f"--num_train_steps={TARGET}", f"--dump_dir={reference_dir}",
-       f"--ids_file={out / 'single.ids'}"], env=ENV, capture_output=True, text=True,
-      timeout=TIMEOUT)
-  assert result.returncode == 0, result.stderr[-5000:]
-  return dict(tmp=tmp, out=out, model_dir=model_dir, killed_at=killed_at)
+       f"--ids_file={out / 'single.ids'}"], env=ENV, stdout=reference_log,
+      stderr=subprocess.STDOUT)
+
+  try:
+    # Run 1: a long run; worker 1 is SIGKILLed once a checkpoint past step 4 exists.
+    procs = _start_workers(multi, str(model_dir), 1000, out, 1)
+    try:
+      deadline = time.time() + TIMEOUT
+      while not glob.glob(str(model_dir / f"ckpt-{KILL_AFTER_CHECKPOINT}.index")):
+        for i, (p, _) in enumerate(procs):
+          assert p.poll() is None, f"worker {i} exited early:\n{_log(out, 1, i)[-5000:]}"
+        assert time.time() < deadline, "no checkpoint within the timeout"
+        time.sleep(0.5)
+      procs[1][0].send_signal(signal.SIGKILL)
+      procs[1][0].wait()
+      killed = time.time()
+      # The chief's next all-reduce has no peer: the coordination service's heartbeat
+      # should make it fail rather than hang; the job is then restarted.
+      try:
+        procs[0][0].wait(timeout=120)
+        chief_exit = (procs[0][0].returncode, time.time() - killed)
+      except subprocess.TimeoutExpired:
+        chief_exit = (None, None)
+        procs[0][0].send_signal(signal.SIGKILL)
+        procs[0][0].wait()
+    finally:
+      for p, log in procs:
+        if p.poll() is None:
+          p.kill()
+          p.wait()
+        log.close()
+    killed_at = {i: max(_steps(out / f"run1_worker{i}"), default=0) for i in range(2)}
+
+    # Run 2: the job restarted (both workers), to step TARGET.
+    procs = _start_workers(multi, str(model_dir), TARGET, out, 2)
+    _wait(procs, out, 2)
+
+    reference.wait(timeout=TIMEOUT)
+  finally:
+    if reference.poll() is None:
+      reference.kill()
+      reference.wait()
+    reference_log.close()
+  with open(out / "single.log") as f:
+    assert reference.returncode == 0, f.read()[-5000:]
+  return dict(tmp=tmp, out=out, model_dir=model_dir, killed_at=killed_at,
+              chief_exit=chief_exit)
 
 
 def _restored_step(log):
@@ -205,6 +220,14 @@ def test_restarted_job_resumes_from_the_last_checkpoint(runs):
   for i in range(2):
     assert sorted(_steps(out / f"run2_worker{i}")) == list(range(step + 1, TARGET + 1))
   assert tf.train.latest_checkpoint(str(runs["model_dir"])).endswith(f"ckpt-{TARGET}")
+
+
+def test_the_surviving_worker_fails_instead_of_hanging(runs):
+  code, seconds = runs["chief_exit"]
+  assert code is not None, "the chief hung for 120 s after its peer was killed"
+  assert code != 0
+  assert "heartbeat timeout" in _log(runs["out"], 1, 0)
+  print(f"chief failed {seconds:.0f} s after the SIGKILL")
 
 
 def test_replicas_identical_and_equal_to_one_process_after_every_step(runs):
