@@ -19,6 +19,14 @@ class SequenceExampleFields:
   segment_label_text = "segment/label_text"  # bytes list
   video_labels = "video/labels"            # int64 list, video-level ids (weak supervision)
   feature_prefix = "features/"             # feature list per stream: features/<stream>
+  # Frame records (dataset_tools/create_frame_records.py) carry the same context, with
+  # feature_fps = frames per second and num_steps = frames in the record, plus:
+  frames_jpeg = "frames/jpeg"              # feature list: one JPEG (bytes) per frame
+  frame_height = "video/frame_height"      # int64, pixels of the stored frames
+  frame_width = "video/frame_width"        # int64
+  first_frame = "video/first_frame"        # int64, index of the record's first frame
+  num_frames = "video/num_frames"          # int64, frames of the whole video (a long video
+                                           # is split into several consecutive records)
 
   @staticmethod
   def feature_key(stream):

@@ -46,7 +46,7 @@ def make_corrupt_counter():
   return tf.Variable(0, dtype=tf.int64, trainable=False, name="corrupt_tfrecord_files")
 
 
-def _checked_records(filename, file_size, skip_corrupt, corrupt_counter):
+def checked_records(filename, file_size, skip_corrupt, corrupt_counter):
   """Dataset of one file's serialized records, with the end-of-file integrity check."""
   records = tf.data.TFRecordDataset(filename).ignore_errors()
   records = records.map(lambda r: (r, False))
@@ -184,7 +184,7 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     files_here = -(-len(files) // input_context.num_input_pipelines)
   cycle_length = max(1, min(int(num_parallel_reads), files_here))
   dataset = dataset.interleave(
-      lambda f, n: _checked_records(f, n, skip_corrupt, corrupt_counter),
+      lambda f, n: checked_records(f, n, skip_corrupt, corrupt_counter),
       cycle_length=cycle_length, block_length=1,
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if shard_records:

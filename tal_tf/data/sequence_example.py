@@ -69,14 +69,6 @@ def make_sequence_example(video_id, duration, feature_fps, features, segments_se
   Returns:
     tf.train.SequenceExample.
   """
-  if not isinstance(video_id, str) or not video_id:
-    raise ValueError(f"video_id must be a non-empty str, got {video_id!r}")
-  duration = float(duration)
-  feature_fps = float(feature_fps)
-  if not np.isfinite(duration) or duration <= 0:
-    raise ValueError(f"video {video_id}: duration must be > 0 seconds, got {duration}")
-  if not np.isfinite(feature_fps) or feature_fps <= 0:
-    raise ValueError(f"video {video_id}: feature_fps must be > 0, got {feature_fps}")
   if not features:
     raise ValueError(f"video {video_id}: features must map at least one stream to [T, D]")
   arrays = {}
@@ -92,6 +84,28 @@ def make_sequence_example(video_id, duration, feature_fps, features, segments_se
       raise ValueError(f"video {video_id}: features[{stream!r}] has {values.shape[0]} steps, "
                        f"expected {num_steps} like the other streams")
     arrays[stream] = values.astype(np.float32, copy=False)
+  example = tf.train.SequenceExample()
+  fill_context(example, video_id, duration, feature_fps, num_steps, segments_seconds, labels,
+               label_texts, video_labels)
+  for stream, values in arrays.items():
+    example.feature_lists.feature_list[SEF.feature_key(stream)].MergeFromString(
+        encode_float_feature_list(values))
+  return example
+
+
+def fill_context(example, video_id, duration, feature_fps, num_steps, segments_seconds,
+                 labels, label_texts, video_labels=None):
+  """Checks and writes the context of one video's record (shared by feature and frame
+  records) into `example` (a tf.train.SequenceExample); arguments as make_sequence_example,
+  num_steps = length of the record's feature lists."""
+  if not isinstance(video_id, str) or not video_id:
+    raise ValueError(f"video_id must be a non-empty str, got {video_id!r}")
+  duration = float(duration)
+  feature_fps = float(feature_fps)
+  if not np.isfinite(duration) or duration <= 0:
+    raise ValueError(f"video {video_id}: duration must be > 0 seconds, got {duration}")
+  if not np.isfinite(feature_fps) or feature_fps <= 0:
+    raise ValueError(f"video {video_id}: feature_fps must be > 0, got {feature_fps}")
   segments = np.asarray(segments_seconds, dtype=np.float64).reshape(-1, 2) \
       if np.size(segments_seconds) else np.zeros((0, 2))
   labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -104,8 +118,6 @@ def make_sequence_example(video_id, duration, feature_fps, features, segments_se
   if video_labels is None:
     video_labels = np.unique(labels)
   video_labels = np.asarray(video_labels, dtype=np.int64).reshape(-1)
-
-  example = tf.train.SequenceExample()
   ctx = example.context.feature
   ctx[SEF.video_id].bytes_list.value.append(video_id.encode("utf-8"))
   ctx[SEF.duration].float_list.value.append(duration)
@@ -117,9 +129,30 @@ def make_sequence_example(video_id, duration, feature_fps, features, segments_se
   ctx[SEF.segment_label_text].bytes_list.value.extend(
       [str(t).encode("utf-8") for t in label_texts])
   ctx[SEF.video_labels].int64_list.value.extend(video_labels.tolist())
-  for stream, values in arrays.items():
-    example.feature_lists.feature_list[SEF.feature_key(stream)].MergeFromString(
-        encode_float_feature_list(values))
+  return example
+
+
+def make_frame_sequence_example(video_id, duration, fps, jpeg_frames, segments_seconds,
+                                labels, label_texts, video_labels=None, first_frame=0,
+                                num_frames=None, height=0, width=0):
+  """Builds a frame record: the context of make_sequence_example (feature_fps = fps frames
+  per second, num_steps = len(jpeg_frames)) plus frames/jpeg (one JPEG bytes per frame),
+  video/first_frame (index of jpeg_frames[0] in the video), video/num_frames (frames of the
+  whole video, default first_frame + len(jpeg_frames)), video/frame_height / _width."""
+  jpeg_frames = list(jpeg_frames)
+  example = tf.train.SequenceExample()
+  fill_context(example, video_id, duration, fps, len(jpeg_frames), segments_seconds, labels,
+               label_texts, video_labels)
+  if num_frames is None:
+    num_frames = int(first_frame) + len(jpeg_frames)
+  ctx = example.context.feature
+  ctx[SEF.first_frame].int64_list.value.append(int(first_frame))
+  ctx[SEF.num_frames].int64_list.value.append(int(num_frames))
+  ctx[SEF.frame_height].int64_list.value.append(int(height))
+  ctx[SEF.frame_width].int64_list.value.append(int(width))
+  frames = example.feature_lists.feature_list[SEF.frames_jpeg].feature
+  for data in jpeg_frames:
+    frames.add().bytes_list.value.append(bytes(data))
   return example
 
 

@@ -88,15 +88,42 @@ def feature_source_from_flags(fv):
   return feature_readers.Hdf5Source(spec, dims)
 
 
+def resolve_label_map(database, video_ids, annotations_path, label_map_path, ignore_classes):
+  """(label-map items, written?): reads `label_map_path` if it exists, else writes it from
+  the classes of the whole database (sorted by name, ids from 1). Raises ValueError when a
+  class of the selected videos is missing from it (checked before anything is written, so
+  a wrong label map leaves no partial shards behind)."""
+  if os.path.exists(label_map_path):
+    items = label_map_util.load_label_map(label_map_path)
+    written = False
+  else:
+    names = annotations_lib.class_names(database, ignore_classes)
+    if not names:
+      raise ValueError(f"{annotations_path}: no classes found to write label map "
+                       f"{label_map_path!r}")
+    items = label_map_util.items_from_class_names(names)
+    label_map_util.write_label_map(label_map_path, items)
+    written = True
+  known = {it.name for it in items}
+  unknown = sorted(set(annotations_lib.class_names(
+      {v: database[v] for v in video_ids}, ignore_classes)) - known)
+  if unknown:
+    raise ValueError(f"{annotations_path}: classes {unknown} of the selected videos are not "
+                     f"in label map {label_map_path!r}; add them to the label map or list "
+                     f"them in --ignore_classes")
+  return items, written
+
+
 def shard_paths(output_prefix, num_shards):
   """Output file names `<prefix>-00000-of-0000N.tfrecord`."""
   return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
 
 
-class _Progress:
-  """Prints progress lines to stderr every few seconds on long runs."""
+class Progress:
+  """Prints progress lines (done/total, rate, ETA) to stderr every few seconds on long runs."""
 
-  def __init__(self, total, every_seconds, stream):
+  def __init__(self, total, every_seconds, stream, name="create_tfrecord"):
+    self.name = name
     self.total = total
     self.every = every_seconds
     self.stream = stream
@@ -112,7 +139,7 @@ class _Progress:
     self.last = now
     rate = done / max(now - self.start, 1e-9)
     eta = (self.total - done) / max(rate, 1e-9)
-    print(f"[create_tfrecord] {done}/{self.total} videos ({written} written), "
+    print(f"[{self.name}] {done}/{self.total} videos ({written} written), "
           f"{rate:.1f} videos/s, ETA {eta:.0f} s", file=self.stream, flush=True)
 
 
@@ -183,25 +210,9 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
 
   database = annotations_lib.load_database(annotations_path)
   video_ids = annotations_lib.select_videos(database, subset, annotations_path)
-  if os.path.exists(label_map_path):
-    items = label_map_util.load_label_map(label_map_path)
-    label_map_written = False
-  else:
-    names = annotations_lib.class_names(database, ignore_classes)
-    if not names:
-      raise ValueError(f"{annotations_path}: no classes found to write label map "
-                       f"{label_map_path!r}")
-    items = label_map_util.items_from_class_names(names)
-    label_map_util.write_label_map(label_map_path, items)
-    label_map_written = True
+  items, label_map_written = resolve_label_map(database, video_ids, annotations_path,
+                                               label_map_path, ignore_classes)
   name_to_id = {it.name: it.id for it in items}
-  # Checked before writing anything, so a wrong label map leaves no partial shards behind.
-  unknown = sorted(set(annotations_lib.class_names(
-      {v: database[v] for v in video_ids}, ignore_classes)) - set(name_to_id))
-  if unknown:
-    raise ValueError(f"{annotations_path}: classes {unknown} of the selected videos are not "
-                     f"in label map {label_map_path!r}; add them to the label map or list "
-                     f"them in --ignore_classes")
 
   stream_dims = feature_source.prepare(video_ids)
   report = quirks.QuirkReport()
@@ -209,7 +220,7 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
   os.makedirs(out_dir, exist_ok=True)
   paths = shard_paths(output_prefix, int(num_shards))
   writers = [tf.io.TFRecordWriter(p) for p in paths]
-  progress = _Progress(len(video_ids), progress_every_seconds, progress_stream)
+  progress = Progress(len(video_ids), progress_every_seconds, progress_stream)
   num_written = 0
   num_segments = 0
   try:

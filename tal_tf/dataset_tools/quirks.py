@@ -23,10 +23,19 @@ QUIRK_KINDS = collections.OrderedDict([
     ("stream_length_mismatch", "streams differ in length beyond tolerance: video skipped"),
     ("length_inconsistent", "num_steps differs from duration x feature_fps beyond tolerance "
                             "(kept)"),
+    ("video_missing", "no video file for the id: video skipped"),
+    ("video_empty", "zero-length video file or no decodable frame: video skipped"),
+    ("video_unreadable", "container or codec FFmpeg cannot open: video skipped"),
+    ("video_no_stream", "file has no video stream: video skipped"),
+    ("video_corrupt", "decoding failed part-way: video skipped"),
+    ("video_truncated", "frames end well before the duration the header announces: video "
+                        "skipped"),
 ])
 
 SKIP_KINDS = ("fps_missing", "features_missing", "features_empty", "features_wrong_dim",
-              "features_non_finite", "features_malformed", "stream_length_mismatch")
+              "features_non_finite", "features_malformed", "stream_length_mismatch",
+              "video_missing", "video_empty", "video_unreadable", "video_no_stream",
+              "video_corrupt", "video_truncated")
 
 
 class QuirkReport:

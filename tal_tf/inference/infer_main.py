@@ -11,6 +11,14 @@ From a pipeline config and a training checkpoint (no export needed):
   python -m tal_tf.inference.infer_main --pipeline_config=configs/x.config \
       --checkpoint=runs/x --tfrecords='data/thumos14_test.tfrecord-*' --output=results.json
 
+From raw video (a file or a folder), with the extractor the training features were made
+with (feature_extractor.json, written by tal_tf.dataset_tools.extract_features), and a
+picture of the detections over each video's time axis:
+
+  python -m tal_tf.inference.infer_main --saved_model_dir=serving/tal_net \
+      --video=clip.mp4 --feature_extractor=features/feature_extractor.json \
+      --output=results.json --timeline_png=timeline.png
+
 Inputs: `--features` (one .npy directory per stream, read window by window), `--hdf5_features` (one
 file of [T, sum(D)] datasets split in model stream order, or `rgb:a.h5,flow:b.h5`), or
 `--tfrecords` (converter output; feature_fps is read from the records). Videos longer than
@@ -49,6 +57,14 @@ def define_flags(flag_values=flags.FLAGS):
                       "(model stream order), or 'rgb:a.h5,flow:b.h5'.", flag_values=fv)
   flags.DEFINE_list("tfrecords", None, "SequenceExample TFRecord file patterns.",
                     flag_values=fv)
+  flags.DEFINE_string("video", None, "A video file or a folder of videos (decoded and "
+                      "featurized with --feature_extractor).", flag_values=fv)
+  flags.DEFINE_string("feature_extractor", None, "feature_extractor.json written by "
+                      "extract_features beside the training features (with --video).",
+                      flag_values=fv)
+  flags.DEFINE_string("timeline_png", None, "Optional PNG of the detections over each "
+                      "video's time axis (with the ground truth of --annotations if given).",
+                      flag_values=fv)
   flags.DEFINE_float("feature_fps", None, "Feature steps per second (--features and "
                      "--hdf5_features; TFRecords carry their own).", flag_values=fv)
   flags.DEFINE_string("annotations", None, "Annotation JSON; with --subset, only that "
@@ -117,12 +133,17 @@ def selected_video_ids(fv):
 
 
 def feature_source(fv, stream_dims):
-  """The feature source named by exactly one of --features / --hdf5_features / --tfrecords."""
+  """The feature source named by exactly one of --features / --hdf5_features / --tfrecords
+  (/ --video)."""
   from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
-  given = [n for n in ("features", "hdf5_features", "tfrecords") if getattr(fv, n)]
+  given = [n for n in ("features", "hdf5_features", "tfrecords", "video")
+           if getattr(fv, n, None)]
   if len(given) != 1:
-    raise app.UsageError("give exactly one of --features, --hdf5_features or --tfrecords")
+    raise app.UsageError("give exactly one of --features, --hdf5_features, --tfrecords or "
+                         "--video")
   video_ids = selected_video_ids(fv)
+  if given == ["video"]:
+    return _video_source(fv, stream_dims, video_ids)
   if fv.features:
     return feature_sources.NpyDirSource(_parse_stream_paths(fv.features), stream_dims,
                                         fv.feature_fps, video_ids)
@@ -132,6 +153,16 @@ def feature_source(fv, stream_dims):
       files = _parse_stream_paths(files)
     return feature_sources.Hdf5Source(files, stream_dims, fv.feature_fps, video_ids)
   return feature_sources.TfRecordSource(fv.tfrecords, stream_dims, video_ids)
+
+
+def _video_source(fv, stream_dims, video_ids):
+  """VideoSource of --video featurized by --feature_extractor."""
+  from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+  from tal_tf.video import feature_extraction  # pylint: disable=g-import-not-at-top
+  if not fv.feature_extractor:
+    raise app.UsageError("--video needs --feature_extractor (feature_extractor.json)")
+  extractor = feature_extraction.FeatureExtractor.from_spec(fv.feature_extractor)
+  return video_source.VideoSource(fv.video, extractor, stream_dims, video_ids)
 
 
 def _parse_stream_paths(text):
@@ -170,7 +201,16 @@ def run(fv):
       max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],
       progress_every=100)
   id_to_name = _id_to_name(fv.label_map or detector.label_map_path)
-  eval_io.write_results(fv.output, inference_lib.to_results(result.detections, id_to_name))
+  results = inference_lib.to_results(result.detections, id_to_name)
+  eval_io.write_results(fv.output, results)
+  if fv.timeline_png and results:
+    from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+    groundtruth = None
+    if getattr(fv, "annotations", None):
+      groundtruth = eval_io.load_annotations(fv.annotations, subset=fv.subset)
+    video_source.write_timeline_png(fv.timeline_png, results,
+                                    getattr(source, "durations", None),
+                                    groundtruth=groundtruth)
   if fv.proposals_output and not detector.model_info.get("has_proposals", True):
     raise app.UsageError("--proposals_output: this model has no proposals")
   if fv.proposals_output:

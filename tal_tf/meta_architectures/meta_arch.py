@@ -37,7 +37,8 @@ from tal_tf.core.standard_fields import InputFields
 
 DEFAULT_PHASE = "train"
 
-# Outputs every model's postprocess returns (and every exported signature serves).
+# Outputs every model's postprocess returns (and every exported signature serves). The
+# detection count N must be static (pad to max_detections) so the signature's shapes are.
 REQUIRED_OUTPUTS = (
     DetectionFields.detection_segments,   # float32 [B, N, 2] seconds
     DetectionFields.detection_scores,     # float32 [B, N]

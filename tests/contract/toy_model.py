@@ -63,10 +63,9 @@ class ToyStepClassifier(meta_arch.TemporalDetectionModel):
     inside = ((steps >= seg[:, tf.newaxis, :, 0]) & (steps < seg[:, tf.newaxis, :, 1]) &
               valid_gt[:, tf.newaxis, :])  # [B, T, G]
     labels = tf.cast(groundtruth[InputFields.labels], tf.int32)
-    # A step inside several segments takes the largest label (deterministic); with no
-    # segment slots at all (G = 0) the max of nothing is clamped to background.
-    target = tf.maximum(
-        tf.reduce_max(tf.where(inside, labels[:, tf.newaxis, :], 0), axis=-1), 0)
+    # A step inside several segments takes the largest label (deterministic).
+    # (max over G = 0 segments is INT_MIN: floor it at background.)
+    target = tf.maximum(tf.reduce_max(tf.where(inside, labels[:, tf.newaxis, :], 0), axis=-1), 0)
     weights = tf.cast(tf.sequence_mask(predictions["num_steps"], t), tf.float32)
     per_step = losses_lib.weighted_softmax_cross_entropy(logits, target, weights)
     loss = tf.reduce_sum(per_step) / tf.maximum(tf.reduce_sum(weights), 1.0)
@@ -85,13 +84,16 @@ class ToyStepClassifier(meta_arch.TemporalDetectionModel):
     start = tf.cast(index, tf.float32)
     fps = tf.cast(feature_fps, tf.float32)[:, tf.newaxis, tf.newaxis]
     segments = tf.stack([start, start + 1.0], axis=-1) / fps
-    pad = [[0, 0], [0, self._max_detections - k]]
+    n = self._max_detections
+    pad = [[0, 0], [0, n - k]]
+    # The detection count N is static (the contract): pad to max_detections.
     return {
-        DetectionFields.detection_segments: tf.pad(
-            tf.where(valid[..., tf.newaxis], segments, 0.0), pad + [[0, 0]]),
-        DetectionFields.detection_scores: tf.pad(tf.where(valid, top, 0.0), pad),
-        DetectionFields.detection_classes: tf.pad(
-            tf.where(valid, tf.gather(best, index, batch_dims=1), 0), pad),
+        DetectionFields.detection_segments: tf.ensure_shape(tf.pad(
+            tf.where(valid[..., tf.newaxis], segments, 0.0), pad + [[0, 0]]), [None, n, 2]),
+        DetectionFields.detection_scores: tf.ensure_shape(
+            tf.pad(tf.where(valid, top, 0.0), pad), [None, n]),
+        DetectionFields.detection_classes: tf.ensure_shape(tf.pad(
+            tf.where(valid, tf.gather(best, index, batch_dims=1), 0), pad), [None, n]),
         DetectionFields.num_detections: tf.reduce_sum(tf.cast(valid, tf.int32), axis=1),
     }
 

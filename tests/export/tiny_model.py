@@ -32,8 +32,8 @@ model {
 eval_input_reader {
   input_path: "unused.tfrecord"
   label_map_path: "%(label_map)s"
-  streams { name: "rgb" dim: 12 }
-  streams { name: "flow" dim: 8 }
+  streams { name: "rgb" dim: %(rgb_dim)d }
+  streams { name: "flow" dim: %(flow_dim)d }
   shuffle: false
   repeat: false
 }
@@ -42,26 +42,29 @@ export_config { max_detections: %(max_detections)d inference_window_steps: %(win
 """
 
 
-def write_pipeline(directory, window=0):
-  """Writes label_map.pbtxt and pipeline.config into `directory`; returns the config path."""
+def write_pipeline(directory, window=0, stream_dims=None):
+  """Writes label_map.pbtxt and pipeline.config into `directory`; returns the config path.
+  stream_dims: {'rgb': D, 'flow': D} (default STREAM_DIMS)."""
+  dims = stream_dims or STREAM_DIMS
   os.makedirs(directory, exist_ok=True)
   label_map = os.path.join(directory, "labels.pbtxt")
   label_map_util.write_label_map(
       label_map, [(i + 1, name) for i, name in enumerate(CLASS_NAMES)])
   path = os.path.join(directory, "pipeline.config")
   with open(path, "w") as f:
-    f.write(CONFIG % dict(label_map=label_map, max_detections=MAX_DETECTIONS, window=window))
+    f.write(CONFIG % dict(label_map=label_map, max_detections=MAX_DETECTIONS, window=window,
+                          rgb_dim=dims["rgb"], flow_dim=dims["flow"]))
   return path
 
 
-def write_checkpoint(config_path, model_dir, seed=7):
+def write_checkpoint(config_path, model_dir, seed=7, stream_dims=None):
   """Builds the model with seeded random weights and saves a training-style checkpoint
   (model + optimizer, like train_lib) in `model_dir`; returns the prefix."""
   tf.random.set_seed(seed)
   tf_keras.utils.set_random_seed(seed)
   config = config_util.load_pipeline_config(config_path)
   model = model_builder.build(config.model)
-  exporter_lib._build_variables(model, STREAM_DIMS)  # pylint: disable=protected-access
+  exporter_lib._build_variables(model, stream_dims or STREAM_DIMS)  # pylint: disable=protected-access
   optimizer = tf_keras.optimizers.Adam(1e-3)
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
   manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=2)
@@ -101,21 +104,28 @@ def get_export(tmp_path_factory):
   dict: root, config_path, config, checkpoint (prefix), export_dir, module (in-process)."""
   if "export_dir" in _EXPORT:
     return _EXPORT
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from tests.export import cli_loader  # pylint: disable=g-import-not-at-top
   root = str(tmp_path_factory.mktemp("tiny_export"))
-  config_path = write_pipeline(root)
-  prefix = write_checkpoint(config_path, os.path.join(root, "train"))
-  exporter_cli = cli_loader.load_exporter_cli()
-  fv = flags.FlagValues()
-  exporter_cli.define_flags(fv)
-  fv([ "export_saved_model",
-      f"--pipeline_config={config_path}",
-      f"--trained_checkpoint_dir={os.path.join(root, 'train')}",
-      f"--output_directory={os.path.join(root, 'serving')}"])
-  export_dir = exporter_cli.run(fv)
+  config_path, prefix, export_dir = export_tiny(root)
   config = config_util.load_pipeline_config(config_path)
   module = exporter_lib.build_detection_module(config, prefix)
   _EXPORT.update(root=root, config_path=config_path, config=config, checkpoint=prefix,
                  export_dir=export_dir, module=module)
   return _EXPORT
+
+
+def export_tiny(root, stream_dims=None):
+  """Writes the tiny pipeline (stream_dims, default STREAM_DIMS) and its checkpoint under
+  `root` and exports it through the exporter CLI's `run`; returns (config_path, checkpoint
+  prefix, export_dir)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tests.export import cli_loader  # pylint: disable=g-import-not-at-top
+  config_path = write_pipeline(root, stream_dims=stream_dims)
+  prefix = write_checkpoint(config_path, os.path.join(root, "train"), stream_dims=stream_dims)
+  exporter_cli = cli_loader.load_exporter_cli()
+  fv = flags.FlagValues()
+  exporter_cli.define_flags(fv)
+  fv(["export_saved_model",
+      f"--pipeline_config={config_path}",
+      f"--trained_checkpoint_dir={os.path.join(root, 'train')}",
+      f"--output_directory={os.path.join(root, 'serving')}"])
+  return config_path, prefix, exporter_cli.run(fv)
