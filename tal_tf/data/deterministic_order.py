@@ -122,8 +122,7 @@ def epoch_records(files, sizes, file_ids, seed, epoch, shuffle, shuffle_window,
     files, sizes, file_ids = (tf.gather(x, order) for x in (files, sizes, file_ids))
 
   def read(name, size, file_id):
-    records = input_pipeline._checked_records(  # pylint: disable=protected-access
-        name, size, skip_corrupt, corrupt_counter)
+    records = input_pipeline.checked_records(name, size, skip_corrupt, corrupt_counter)
     return records.enumerate().map(
         lambda index, record: (record, crop_seed(seed, epoch, file_id, index)))
 
