@@ -1,4 +1,5 @@
-# tal_tf: `make demo` and `make test` set up everything on a fresh machine with Python 3.11.
+# tal_tf: `make demo` and `make test` set up everything on a fresh machine with Python 3.11;
+# `make bazel-test` also installs Bazel (Debian 12 packages) and runs the suite under it.
 # The environment step is idempotent: it re-runs only when a requirements file changes.
 
 PYTHON ?= python3.11
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.tal_tf-env-stamp
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
 
-.PHONY: env protos test demo bench clean
+.PHONY: env protos test demo bench clean bazel-setup bazel-build bazel-test bazel-smoke
 
 env: $(STAMP)
 
@@ -31,5 +32,29 @@ test: env
 demo: env
 	$(PY) -m tal_tf.demo --output_dir=$(DEMO_DIR)
 
+# Bazel (build_defs/README.md): Debian's Bazel 4.2.3 + the venv above as its Python.
+# TAL_TF_PYTHON=/path/to/venv/bin/python uses an existing pinned venv instead of making .venv.
+BAZEL ?= bazel
+BAZEL_TEST_ARGS ?=
+ifdef TAL_TF_PYTHON
+BAZEL_ENV :=
+else
+BAZEL_ENV := env
+export TAL_TF_PYTHON := $(CURDIR)/$(PY)
+endif
+
+bazel-setup:
+	bash build_defs/install_bazel.sh
+
+bazel-build: bazel-setup $(BAZEL_ENV)
+	$(BAZEL) build //...
+
+bazel-test: bazel-build
+	$(BAZEL) test //tests/... $(BAZEL_TEST_ARGS)
+
+bazel-smoke: bazel-build
+	$(BAZEL) test //tests:smoke $(BAZEL_TEST_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info tal_tf/protos/*_pb2.py .pytest_cache
+	if [ -L bazel-bin ]; then $(BAZEL) clean --expunge; fi

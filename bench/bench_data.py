@@ -94,7 +94,7 @@ def main():
     summary_h5, sec = _convert(feature_readers.Hdf5Source(h5_path, dims), paths, work, "h5",
                                args.feature_fps)
     assert summary_h5.num_written == n, summary_h5.format()
-    print(f"Conversion (HDF5 via tensorflow-io): {n / sec:.1f} videos/s, "
+    print(f"Conversion (HDF5 via h5py): {n / sec:.1f} videos/s, "
           f"{sum(steps) / sec:,.0f} steps/s ({sec:.2f} s)")
 
     from tal_tf.data import input_pipeline

@@ -150,7 +150,7 @@ def _load_config(path, override=None):
 
 def _flop_kwargs(config):
   """Arguments of bench_flops.tal_net_flops matching a TAL-Net model config."""
-  from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import tal_net_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.protos import tal_net_pb2  # pylint: disable=g-import-not-at-top
   m = config.model.tal_net
   dims = {s.name: s.dim for s in config.eval_input_reader.streams}
@@ -167,7 +167,8 @@ def _flop_kwargs(config):
       num_bins=m.soi_num_bins, num_classes=m.num_classes,
       reduce_dim=m.feature_reduction_dim,
       spn_kwargs=dict(scales=tuple(scales), variant=variant, use_context=m.spn_context,
-                      filters=m.num_filters),
+                      filters=m.num_filters,
+                      rounding=tal_net_builder._SPN_TOWER_PLANS[m.spn_tower_plan]),
       classifier_kwargs=dict(reduce_filters=m.feature_reduction_dim, fc_units=m.num_filters))
 
 
@@ -307,12 +308,16 @@ def stage_timings(tf, model, features, num_steps, fps, repeats, warmup):
   @tf.function
   def proposal_stage(logits, enc, n):
     anchors = model.anchors(tf.shape(maps[0])[1])
-    return model._proposals(anchors, logits, enc, n, n * k)
+    valid, decode_anchors = model._anchors_for_videos(anchors, n, n * k, False)
+    return model._proposals(decode_anchors, logits, enc, n, valid)
 
   @tf.function
   def soi_stage(maps, proposals, n):
-    return [soi_pooling.soi_pooling(m, proposals, n, num_bins=model._soi_num_bins,
-                                    context_fraction=model._soi_context) for m in maps]
+    # As the model does: one pooling over the streams concatenated along channels.
+    pooled = soi_pooling.soi_pooling(tf.concat(maps, axis=-1), proposals, n,
+                                     num_bins=model._soi_num_bins,
+                                     context_fraction=model._soi_context)
+    return tf.split(pooled, [m.shape[-1] for m in maps], axis=-1)
 
   @tf.function
   def head_stage(pooled):
@@ -352,7 +357,8 @@ def _make_first_stage_fn(tf, model):
     logits = tf.add_n([o[0] for o in outs]) / len(outs)
     enc = tf.add_n([o[1] for o in outs]) / len(outs)
     anchors = model.anchors(tf.shape(maps[0])[1])
-    return model._proposals(anchors, logits, enc, num_steps, num_steps * k)
+    valid, decode_anchors = model._anchors_for_videos(anchors, num_steps, num_steps * k, False)
+    return model._proposals(decode_anchors, logits, enc, num_steps, valid)
   # pylint: enable=protected-access
   return first_stage
 

@@ -279,21 +279,27 @@ def make_predictor(fv):
 def run(fv, predictor=None):
   """Sends every video's features to the server and writes the results JSON; returns the
   tal_tf InferenceResult."""
+  from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
+  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
-  from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
     raise app.UsageError("--output is required")
   predictor = predictor or make_predictor(fv)
   try:
     detector = ServingDetector(predictor)
-    source = infer_main.feature_source(fv, detector.stream_dims)
+    try:
+      source = feature_readers.open_source(
+          detector.stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,
+          tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=fv.video_ids)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
     result = inference_lib.run_inference(
         detector, source, window_steps=fv.window_steps, window_overlap=fv.window_overlap,
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
   finally:
     predictor.close()
-  names = infer_main._id_to_name(fv.label_map)  # pylint: disable=protected-access
+  names = label_map_util.id_to_name_if_exists(fv.label_map)
   eval_io.write_results(fv.output, inference_lib.to_results(result.detections, names))
   return result
 

@@ -1,5 +1,7 @@
 """Builds matchers from `Matcher` protos."""
 
+import math
+
 from tal_tf.matchers import argmax_matcher
 from tal_tf.matchers import three_way_matcher
 from tal_tf.utils import registry
@@ -13,7 +15,10 @@ def _argmax(config):
       matched_threshold=config.matched_threshold,
       unmatched_threshold=config.unmatched_threshold,
       force_match_for_each_column=config.force_match_for_each_groundtruth,
-      force_match_min_similarity=config.force_match_min_tiou)
+      force_match_min_similarity=config.force_match_min_tiou,
+      force_match_max_similarity=(config.force_match_max_tiou
+                                  if config.HasField("force_match_max_tiou") else math.inf),
+      force_match_overrides_positives=config.force_match_overrides_positives)
 
 
 @MATCHERS.register("three_way_matcher")

@@ -21,6 +21,18 @@ _SPN_VARIANTS = {
     tal_net_pb2.TalNet.SINGLE: "single",
 }
 
+_SPN_TOWER_PLANS = {
+    tal_net_pb2.TalNet.EXACT_SPAN: "exact",
+    tal_net_pb2.TalNet.ODD_SPAN: "odd",
+    tal_net_pb2.TalNet.PAPER_LITERAL: "paper",
+}
+
+_CROSS_BOUNDARY_ANCHORS = {
+    tal_net_pb2.TalNet.KEEP: tal_net_meta_arch.CROSS_BOUNDARY_KEEP,
+    tal_net_pb2.TalNet.DROP_IN_TRAINING_CLIP_AT_INFERENCE:
+        tal_net_meta_arch.CROSS_BOUNDARY_DROP_AND_CLIP,
+}
+
 # TAL-Net supplementary Sec. 1: anchors positive above 0.7, negative below 0.3, each ground
 # truth forced to a positive; proposals foreground above 0.5, background otherwise.
 _DEFAULT_FIRST_MATCHER = matcher_pb2.Matcher(argmax_matcher=matcher_pb2.ArgMaxMatcher(
@@ -54,6 +66,16 @@ def build_tal_net(config):
       config.second_stage_sampler if config.HasField("second_stage_sampler")
       else _second_sampler_default())
   variant = _SPN_VARIANTS[config.spn_variant]
+  if (config.HasField("spn_tower_plan") and config.spn_tower_plan != tal_net_pb2.TalNet.EXACT_SPAN
+      and variant != "multi_dilated"):
+    raise ValueError(f"tal_net.spn_tower_plan: "
+                     f"{tal_net_pb2.TalNet.SpnTowerPlan.Name(config.spn_tower_plan)} only applies "
+                     f"to spn_variant MULTI_DILATED; got spn_variant "
+                     f"{tal_net_pb2.TalNet.TowerVariant.Name(config.spn_variant)}")
+
+  if config.number_of_stages not in (1, 2):
+    raise ValueError(f"tal_net.number_of_stages: must be 1 (proposals only) or 2, got "
+                     f"{config.number_of_stages}")
 
   def branch_builder(branch):
     safe = branch.replace("+", "_")
@@ -61,7 +83,10 @@ def build_tal_net(config):
         filters=config.feature_reduction_dim, name=f"{safe}_reducer")
     spn = segment_proposal_network.SegmentProposalNetwork(
         scales=scales, variant=variant, use_context=config.spn_context,
-        filters=config.num_filters, name=f"{safe}_spn")
+        filters=config.num_filters, rounding=_SPN_TOWER_PLANS[config.spn_tower_plan],
+        name=f"{safe}_spn")
+    if config.number_of_stages == 1:
+      return reducer, spn, None
     head = tal_net_classifier.SoiClassifierHead(
         num_classes=config.num_classes, reduce_filters=config.feature_reduction_dim,
         fc_units=config.num_filters, dropout_rate=config.dropout_rate,
@@ -93,7 +118,9 @@ def build_tal_net(config):
       first_stage_classification_weight=config.first_stage_classification_weight,
       first_stage_localization_weight=config.first_stage_localization_weight,
       second_stage_classification_weight=config.second_stage_classification_weight,
-      second_stage_localization_weight=config.second_stage_localization_weight)
+      second_stage_localization_weight=config.second_stage_localization_weight,
+      cross_boundary_anchors=_CROSS_BOUNDARY_ANCHORS[config.cross_boundary_anchors],
+      number_of_stages=config.number_of_stages)
 
 
 def _second_sampler_default():

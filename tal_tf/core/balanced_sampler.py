@@ -49,13 +49,7 @@ class BalancedPositiveNegativeSampler:
     seed: optional int; with a seed the sample is deterministic (stateless random ops).
     """
     with tf.name_scope("BalancedPositiveNegativeSampler"):
-      indicator = tf.convert_to_tensor(indicator, name="indicator")
-      labels = tf.convert_to_tensor(labels, name="labels")
-      for name, t in (("indicator", indicator), ("labels", labels)):
-        if t.dtype != tf.bool:
-          raise ValueError(f"{name}: expected a bool tensor, got dtype {t.dtype}")
-        if t.shape.rank is not None and t.shape.rank != 2:
-          raise ValueError(f"{name}: expected shape [B, N], got {t.shape}")
+      indicator, labels = bool_masks(indicator=indicator, labels=labels)
       if not indicator.shape.is_compatible_with(labels.shape):
         raise ValueError(
             f"indicator and labels: shapes must match, got {indicator.shape} and {labels.shape}")
@@ -75,6 +69,19 @@ class BalancedPositiveNegativeSampler:
       num_neg = tf.minimum(num_neg_available, self._batch_size - num_pos)
       return tf.logical_or(_random_first_k(positives, keys, num_pos),
                            _random_first_k(negatives, keys, num_neg))
+
+
+def bool_masks(**masks):
+  """Converts named bool [B, N] masks to tensors (in order), naming a wrong dtype or rank."""
+  out = []
+  for name, value in masks.items():
+    t = tf.convert_to_tensor(value, name=name)
+    if t.dtype != tf.bool:
+      raise ValueError(f"{name}: expected a bool tensor, got dtype {t.dtype}")
+    if t.shape.rank is not None and t.shape.rank != 2:
+      raise ValueError(f"{name}: expected shape [B, N], got {t.shape}")
+    out.append(t)
+  return out
 
 
 def _random_first_k(mask, keys, k):

@@ -168,16 +168,72 @@ def balanced_binary_cross_entropy(probabilities, labels, weights=None, epsilon=1
   with tf.name_scope("balanced_binary_cross_entropy"):
     probabilities = tf.convert_to_tensor(probabilities)
     _check_rank(probabilities, 2, "probabilities", "[B, C]")
-    labels = tf.cast(labels, probabilities.dtype)
-    _check_rank(labels, 2, "labels", "[B, C]")
     probabilities = tf.clip_by_value(probabilities, epsilon, 1.0 - epsilon)
-    positive_part = tf.math.divide_no_nan(
-        tf.reduce_sum(labels * tf.math.log(probabilities), axis=-1),
-        tf.reduce_sum(labels, axis=-1))
-    negative_part = tf.math.divide_no_nan(
-        tf.reduce_sum((1.0 - labels) * tf.math.log(1.0 - probabilities), axis=-1),
-        tf.reduce_sum(1.0 - labels, axis=-1))
+    return balanced_binary_cross_entropy_from_logs(
+        tf.math.log(probabilities), tf.math.log(1.0 - probabilities), labels, weights)
+
+
+def balanced_binary_cross_entropy_from_logs(log_probabilities, log_complements, labels,
+                                            weights=None):
+  """Balanced BCE (Eq. 5-6) from log P(c|V) and log(1 - P(c|V)), each [B, C] -> [B].
+
+  The same loss as `balanced_binary_cross_entropy` for callers that have both logs exactly
+  (e.g. the noisy-OR of `video_scores`), where P rounds to 1 long before its logs do.
+  """
+  with tf.name_scope("balanced_binary_cross_entropy"):
+    log_probabilities = tf.convert_to_tensor(log_probabilities)
+    _check_rank(log_probabilities, 2, "log_probabilities", "[B, C]")
+    log_complements = tf.cast(log_complements, log_probabilities.dtype)
+    labels = tf.cast(labels, log_probabilities.dtype)
+    _check_rank(labels, 2, "labels", "[B, C]")
+    # tf.where rather than products: a log of 0 on the unused side must not make 0 * -inf.
+    positive_terms = tf.where(labels > 0, labels * log_probabilities,
+                              tf.zeros_like(log_probabilities))
+    negative_terms = tf.where(labels < 1, (1.0 - labels) * log_complements,
+                              tf.zeros_like(log_complements))
+    positive_part = tf.math.divide_no_nan(tf.reduce_sum(positive_terms, axis=-1),
+                                          tf.reduce_sum(labels, axis=-1))
+    negative_part = tf.math.divide_no_nan(tf.reduce_sum(negative_terms, axis=-1),
+                                          tf.reduce_sum(1.0 - labels, axis=-1))
     losses = -(positive_part + negative_part)
+    if weights is not None:
+      losses *= tf.cast(weights, losses.dtype)
+    return losses
+
+
+def binary_cross_entropy_from_logs(log_probabilities, log_complements, labels, weights=None):
+  """Plain multi-label BCE from log P and log(1 - P) [B, C], mean over classes -> [B].
+
+  -(1/C) sum_c [y_c log P_c + (1 - y_c) log(1 - P_c)]: every class weighs the same, so the
+  many negative classes of a video dominate (the paper's Fig. 2 "BCE" baseline).
+  """
+  with tf.name_scope("binary_cross_entropy"):
+    log_probabilities = tf.convert_to_tensor(log_probabilities)
+    _check_rank(log_probabilities, 2, "log_probabilities", "[B, C]")
+    log_complements = tf.cast(log_complements, log_probabilities.dtype)
+    labels = tf.cast(labels, log_probabilities.dtype)
+    _check_rank(labels, 2, "labels", "[B, C]")
+    terms = (tf.where(labels > 0, labels * log_probabilities, tf.zeros_like(labels)) +
+             tf.where(labels < 1, (1.0 - labels) * log_complements, tf.zeros_like(labels)))
+    losses = -tf.reduce_mean(terms, axis=-1)
+    if weights is not None:
+      losses *= tf.cast(weights, losses.dtype)
+    return losses
+
+
+def softmax_mil_loss(video_logits, labels, weights=None):
+  """W-TALC's multiple-instance (softmax) loss on video-level class logits [B, C] -> [B].
+
+  -sum_c (y_c / sum_c' y_c') log softmax(logits)_c: the labels are normalised to a
+  distribution over the video's classes. A video without positive classes gets 0.
+  """
+  with tf.name_scope("softmax_mil_loss"):
+    video_logits = tf.convert_to_tensor(video_logits)
+    _check_rank(video_logits, 2, "video_logits", "[B, C]")
+    labels = tf.cast(labels, video_logits.dtype)
+    _check_rank(labels, 2, "labels", "[B, C]")
+    target = tf.math.divide_no_nan(labels, tf.reduce_sum(labels, axis=-1, keepdims=True))
+    losses = -tf.reduce_sum(target * tf.nn.log_softmax(video_logits, axis=-1), axis=-1)
     if weights is not None:
       losses *= tf.cast(weights, losses.dtype)
     return losses
@@ -243,8 +299,48 @@ def class_aggregated_features(embeddings, class_activations, num_steps):
             tf.math.l2_normalize(negative, axis=-1))
 
 
+METRIC_DISTANCES = ("class_specific", "euclidean", "cosine", "learned")
+
+
+def _pairwise_squared_distances(a, b, distance, classifier_kernel=None, metric_factors=None):
+  """Squared distances D_c^2(a_j^c, b_j'^c) of a, b [B, C, d] for all pairs -> [B, B, C].
+
+  distance:
+    "class_specific": (w_c . (u - v))^2, w_c = classifier_kernel[:, c] (Eq. 10-11);
+    "euclidean":      |u - v|^2;
+    "cosine":         (1 - cos(u, v))^2 (the cosine distance, squared like every D in
+                      Eq. 7-9; 1 - cos is 0 for parallel and 1 for orthogonal features);
+    "learned":        (u - v)^T L_c^T L_c (u - v) with metric_factors L [C, r, d], i.e. the
+                      learnable per-class metric M_c = L_c^T L_c of Fig. 3 ("custom"); the
+                      factorisation keeps M_c positive semi-definite, so D_c^2 >= 0.
+  """
+  if distance == "class_specific":
+    kernel = tf.cast(classifier_kernel, a.dtype)
+    _check_rank(kernel, 2, "classifier_kernel", "[d, C]")
+    # D_c(u, v) = |w_c . u - w_c . v|: project once, then pairwise differences.
+    pa = tf.einsum("bcd,dc->bc", a, kernel)
+    pb = tf.einsum("bcd,dc->bc", b, kernel)
+    return tf.square(pa[:, None, :] - pb[None, :, :])
+  if distance == "cosine":
+    cosine = tf.einsum("jcd,kcd->jkc", tf.math.l2_normalize(a, axis=-1),
+                       tf.math.l2_normalize(b, axis=-1))
+    return tf.square(1.0 - cosine)
+  if distance == "learned":
+    factors = tf.cast(metric_factors, a.dtype)
+    _check_rank(factors, 3, "metric_factors", "[C, r, d]")
+    a = tf.einsum("bcd,crd->bcr", a, factors)
+    b = tf.einsum("bcd,crd->bcr", b, factors)
+  # |u - v|^2 = |u|^2 + |v|^2 - 2 u.v: avoids a [B, B, C, d] difference tensor; the relu
+  # removes rounding below 0.
+  squared = (tf.reduce_sum(tf.square(a), -1)[:, None, :] +
+             tf.reduce_sum(tf.square(b), -1)[None, :, :] -
+             2.0 * tf.einsum("jcd,kcd->jkc", a, b))
+  return tf.nn.relu(squared)
+
+
 def class_metric_loss(embeddings, class_activations, num_steps, video_labels,
-                      classifier_kernel, margin=3.0, loss_type="triplet"):
+                      classifier_kernel=None, margin=3.0, loss_type="triplet",
+                      distance="class_specific", metric_factors=None):
   """Class-specific metric loss of the weakly supervised model -> scalar.
 
   embeddings [B, T, d], class_activations [B, T, C], num_steps [B], video_labels [B, C]
@@ -255,24 +351,27 @@ def class_metric_loss(embeddings, class_activations, num_steps, video_labels,
     d- = mean over ordered pairs j != j' of D_c^2(z^c_j, z^-c_j'),
   and the class loss is [d+ - d- + margin]_+ (triplet) or d+ + [margin - d-]_+
   (contrastive). The result is the mean over those classes (0 if none).
-  Paper defaults: margin 3, triplet.
+  Paper defaults: margin 3, triplet, the class-specific distance of Eq. 10-11; `distance`
+  selects the alternatives of Fig. 3 (see `_pairwise_squared_distances`; "learned" needs
+  metric_factors [C, r, d]).
   """
   # The paper does not say how class losses are combined; the mean over classes keeps
   # the scale independent of how many classes a batch happens to contain.
   if loss_type not in ("triplet", "contrastive"):
     raise ValueError(f"loss_type must be 'triplet' or 'contrastive', got {loss_type!r}")
+  if distance not in METRIC_DISTANCES:
+    raise ValueError(f"distance must be one of {METRIC_DISTANCES}, got {distance!r}")
+  if distance == "class_specific" and classifier_kernel is None:
+    raise ValueError("distance 'class_specific' needs classifier_kernel [d, C]")
+  if distance == "learned" and metric_factors is None:
+    raise ValueError("distance 'learned' needs metric_factors [C, r, d]")
   with tf.name_scope("class_metric_loss"):
     positive, negative = class_aggregated_features(embeddings, class_activations,
                                                    num_steps)  # [B, C, d]
-    kernel = tf.cast(classifier_kernel, positive.dtype)
-    _check_rank(kernel, 2, "classifier_kernel", "[d, C]")
-    # D_c(u, v) = |w_c . u - w_c . v|: project once, then pairwise differences.
-    positive_projection = tf.einsum("bcd,dc->bc", positive, kernel)
-    negative_projection = tf.einsum("bcd,dc->bc", negative, kernel)
-    positive_pairs = tf.square(positive_projection[:, None, :] -
-                               positive_projection[None, :, :])  # [B, B, C]
-    negative_pairs = tf.square(positive_projection[:, None, :] -
-                               negative_projection[None, :, :])
+    positive_pairs = _pairwise_squared_distances(positive, positive, distance,
+                                                 classifier_kernel, metric_factors)
+    negative_pairs = _pairwise_squared_distances(positive, negative, distance,
+                                                 classifier_kernel, metric_factors)
     labels = tf.cast(video_labels, positive.dtype)
     _check_rank(labels, 2, "video_labels", "[B, C]")
     batch_size = tf.shape(labels)[0]

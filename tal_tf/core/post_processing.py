@@ -184,6 +184,55 @@ def batch_class_agnostic_nms(segments, scores, num_valid, iou_threshold, max_out
     return kept_segments, kept_scores, indices, count
 
 
+def _combined_multiclass_nms(segments, scores, score_threshold, iou_threshold, max_per_class,
+                             max_total):
+  """Hard-NMS path of batch_multiclass_nms: one CombinedNonMaxSuppression kernel.
+
+  The kernel runs every (video, class) problem and the merge in C++, instead of one NMS per
+  (video, class) in a graph loop (whose per-iteration cost dominated post-processing, and
+  grew with the batch). Same greedy rule as the V5 kernel (suppress tIoU > threshold, keep
+  scores > score_threshold); the merge's ties are put back in batch_multiclass_nms's order
+  (lower class first) by a stable re-sort on (score, class).
+  """
+  num_classes = tf.shape(scores)[2]
+  # -inf marks padding (and the threshold may be -inf): give the kernel finite values only,
+  # padding strictly below a threshold that every finite score passes when it was -inf.
+  # (x - 1 - |x| < x holds in float32 for any finite x; `low` <= 0 is finite even for N = 0.)
+  finite = tf.math.is_finite(scores)
+  low = tf.minimum(tf.reduce_min(tf.where(finite, scores, tf.zeros_like(scores))), 0.0)
+  threshold = tf.cast(score_threshold, scores.dtype)
+  threshold = tf.where(tf.math.is_finite(threshold), threshold, low - 1.0 - tf.abs(low))
+  lowest = tf.minimum(threshold, low)
+  finite_scores = tf.where(finite, scores, lowest - 1.0 - tf.abs(lowest))
+  boxes, kept_scores, kept_classes, count = tf.raw_ops.CombinedNonMaxSuppression(
+      boxes=segments_to_boxes(segments),
+      scores=finite_scores,
+      max_output_size_per_class=tf.constant(max_per_class, tf.int32),
+      max_total_size=tf.constant(max_total, tf.int32),
+      iou_threshold=tf.constant(iou_threshold, tf.float32),
+      score_threshold=tf.cast(threshold, tf.float32),
+      pad_per_class=False, clip_boxes=False)
+  classes = tf.cast(kept_classes, tf.int32)
+  valid = tf.sequence_mask(count, max_total)
+  # Stable order: decreasing score, then increasing class (ties between classes only arise
+  # from exactly equal scores).
+  key_order = tf.argsort(tf.where(valid, classes, num_classes), axis=1, stable=True)
+  by_class = lambda x: tf.gather(x, key_order, batch_dims=1)
+  order = tf.argsort(by_class(tf.where(valid, kept_scores, -math.inf)), axis=1,
+                     direction="DESCENDING", stable=True)
+  by_score = lambda x: tf.gather(by_class(x), order, batch_dims=1)
+  segments_out = tf.stack([by_score(boxes[..., 1]), by_score(boxes[..., 3])], axis=-1)
+  scores_out = by_score(kept_scores)
+  classes_out = by_score(classes)
+  return {
+      "detection_segments": tf.where(valid[..., None], segments_out,
+                                     tf.zeros_like(segments_out)),
+      "detection_scores": tf.where(valid, scores_out, tf.zeros_like(scores_out)),
+      "detection_classes": tf.where(valid, classes_out, tf.zeros_like(classes_out)),
+      "num_detections": count,
+  }
+
+
 def batch_multiclass_nms(segments, scores, num_valid, score_threshold, iou_threshold,
                          max_per_class, max_total, soft_nms_sigma=0.0):
   """Per-class NMS then top-`max_total` merge for a batch of videos.
@@ -226,8 +275,11 @@ def batch_multiclass_nms(segments, scores, num_valid, score_threshold, iou_thres
     batch_size = tf.shape(scores)[0]
     num_entries = tf.shape(scores)[1]
     num_classes = tf.shape(scores)[2]
-    segments = tf.broadcast_to(segments, tf.stack([batch_size, num_entries, num_classes, 2]))
     scores = _mask_invalid_scores(scores, num_valid)
+    if not soft_nms_sigma:
+      return _combined_multiclass_nms(segments, scores, score_threshold, iou_threshold,
+                                      max_per_class, max_total)
+    segments = tf.broadcast_to(segments, tf.stack([batch_size, num_entries, num_classes, 2]))
 
     # One NMS problem per (video, class): [B * C, N, ...].
     flat_segments = tf.reshape(tf.transpose(segments, [0, 2, 1, 3]), [-1, num_entries, 2])

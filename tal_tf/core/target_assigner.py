@@ -19,6 +19,10 @@ class TargetAssigner:
     cls_weights [B, N] float32: 0 for ignored rows (and invalid anchors), 1 otherwise.
     reg_weights [B, N] float32: 1 for positives only.
     match [B, N] int32: the match results (>= 0 gt index, -1 negative, -2 ignored).
+    matched_similarity [B, N] float32: similarity (tIoU) of each positive row with its
+      matched ground truth, 0 elsewhere (S-CNN's overlap v).
+  Without a segment coder (segment_coder=None, classification-only models such as S-CNN)
+  reg_targets and reg_weights are left out.
   With a matcher that labels incomplete rows (ThreeWayMatcher), also:
     incomplete_weights [B, N] float32: 1 for incomplete rows (their reg_targets are filled in,
       so reg_weights + incomplete_weights weighs ETP's refinement regression).
@@ -26,10 +30,11 @@ class TargetAssigner:
   """
 
   def __init__(self, matcher, segment_coder, similarity="tiou"):
-    """matcher: a Matcher; segment_coder: a SegmentCoder; similarity: 'tiou'."""
+    """matcher: a Matcher; segment_coder: a SegmentCoder or None; similarity: 'tiou'."""
     if not isinstance(matcher, matcher_lib.Matcher):
       raise ValueError(f"matcher: expected a Matcher instance, got {matcher!r}")
-    if not isinstance(segment_coder, segment_coder_lib.SegmentCoder):
+    if (segment_coder is not None
+        and not isinstance(segment_coder, segment_coder_lib.SegmentCoder)):
       raise ValueError(f"segment_coder: expected a SegmentCoder instance, got {segment_coder!r}")
     if similarity not in _SIMILARITIES:
       raise ValueError(
@@ -41,7 +46,7 @@ class TargetAssigner:
 
   @property
   def segment_coder(self):
-    """The SegmentCoder used for reg_targets (decode predictions with it)."""
+    """The SegmentCoder used for reg_targets (decode predictions with it), or None."""
     return self._segment_coder
 
   @property
@@ -98,6 +103,24 @@ class TargetAssigner:
 
       positive = match.matched_column_indicator()
       cls_targets = match.gather_based_on_match(gt_labels, 0, 0)
+      # Rows' similarity with their matched column (a zero column is appended so the gather
+      # is defined for G = 0; only positive rows, which match a real column, keep the value).
+      padded_similarity = tf.pad(similarity, [[0, 0], [0, 0], [0, 1]])
+      matched_similarity = tf.where(
+          positive,
+          tf.gather(padded_similarity, tf.maximum(match.match_results, 0), batch_dims=2),
+          tf.zeros_like(positive, tf.float32))
+      outputs = {
+          "cls_targets": cls_targets,
+          "cls_weights": 1.0 - tf.cast(match.ignored_indicator(), tf.float32),
+          "match": match.match_results,
+          "matched_similarity": matched_similarity,
+      }
+      if match.has_incomplete:
+        outputs["incomplete_weights"] = tf.cast(match.incomplete_indicator(), tf.float32)
+        outputs["incomplete_match"] = match.incomplete_match_results
+      if self._segment_coder is None:
+        return outputs
       zeros2 = tf.zeros([2], tf.float32)
       matched_gt = match.gather_based_on_match(gt_segments, zeros2, zeros2)  # [B, N, 2]
       regress = positive
@@ -111,14 +134,6 @@ class TargetAssigner:
       encoded = self._segment_coder.encode(matched_gt, anchors)
       reg_targets = tf.where(regress[..., tf.newaxis], encoded, tf.zeros_like(encoded))
 
-      outputs = {
-          "cls_targets": cls_targets,
-          "reg_targets": reg_targets,
-          "cls_weights": 1.0 - tf.cast(match.ignored_indicator(), tf.float32),
-          "reg_weights": tf.cast(positive, tf.float32),
-          "match": match.match_results,
-      }
-      if match.has_incomplete:
-        outputs["incomplete_weights"] = tf.cast(match.incomplete_indicator(), tf.float32)
-        outputs["incomplete_match"] = match.incomplete_match_results
+      outputs["reg_targets"] = reg_targets
+      outputs["reg_weights"] = tf.cast(positive, tf.float32)
       return outputs

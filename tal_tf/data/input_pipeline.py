@@ -20,6 +20,8 @@ import sys
 import tensorflow as tf
 
 from tal_tf.core.standard_fields import InputFields
+from tal_tf.data import class_aware_sampler
+from tal_tf.data import input_fields
 from tal_tf.data import sequence_example
 from tal_tf.data import temporal_crop
 
@@ -84,30 +86,11 @@ def checked_records(filename, file_size, skip_corrupt, corrupt_counter):
       lambda record, is_end: record)
 
 
-def _pad_shapes(stream_dims, time_dim, max_segments, num_classes):
-  """padded_shapes for padded_batch over the decoded dict."""
-  shapes = {
-      InputFields.video_id: [],
-      InputFields.duration: [],
-      InputFields.feature_fps: [],
-      InputFields.num_steps: [],
-      InputFields.features: {s: [time_dim, int(d)] for s, d in stream_dims.items()},
-      InputFields.segments: [max_segments, 2],
-      InputFields.segments_seconds: [max_segments, 2],
-      InputFields.labels: [max_segments],
-      InputFields.num_segments: [],
-      InputFields.window_offset: [],
-  }
-  if num_classes is not None:
-    shapes[InputFields.video_labels] = [num_classes]
-  return shapes
-
-
 def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_training,
                   max_steps=None, min_kept_fraction=0.5, shuffle_buffer=256,
                   num_parallel_reads=4, skip_corrupt=False, max_segments=None,
                   input_context=None, repeat=None, seed=None, corrupt_counter=None,
-                  start_position=None, log_fn=None):
+                  fields=None, class_aware=None, start_position=None, log_fn=None):
   """Builds the batched input dataset from TFRecords of SequenceExamples.
 
   Args:
@@ -131,15 +114,25 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     seed: seed for file/record shuffling and cropping (deterministic given the seed).
     corrupt_counter: tf.Variable int64 scalar incremented per skipped file (skip_corrupt);
       created when None and exposed as `dataset.corrupt_counter`.
-    start_position: training: read endlessly in the resumable order of
+    fields: InputFields keys the model trains on (its `input_fields`), or None for every
+      known field (see input_fields.resolve: evaluation always adds the segment ground truth,
+      every batch carries features, num_steps, video_id, duration, feature_fps and
+      window_offset).
+    class_aware: training only: (num_classes_per_batch K, min_videos_per_class M) to draw
+      every batch as K classes with >= M videos each by video-level labels (see
+      class_aware_sampler; needs num_classes; replaces file/record shuffling and always
+      repeats), or None.
+    start_position: training only: read endlessly in the resumable order of
       `deterministic_order.ordered_records` (crops seeded per record and epoch), starting
-      after this many records consumed by all input pipelines together.
+      after this many records consumed by all input pipelines together; or None.
+      Class-aware batching takes precedence (its draws are not resumable).
     log_fn: called with a line saying how the resumable order shards and starts.
   Returns:
-    tf.data.Dataset of dicts (InputFields keys): features {stream: [B, T, D]}, num_steps [B],
-    groundtruth_segments / _seconds [B, G, 2] (window coordinates), groundtruth_labels
-    [B, G] (0 = padding), num_groundtruth_segments [B], video_labels [B, C] (if
-    num_classes), video_id [B], duration [B], feature_fps [B], window_offset [B].
+    tf.data.Dataset of dicts (InputFields keys, the resolved `fields`): features
+    {stream: [B, T, D]}, num_steps [B], groundtruth_segments / _seconds [B, G, 2] (window
+    coordinates), groundtruth_labels [B, G] (0 = padding), num_groundtruth_segments [B],
+    video_labels [B, C] (if num_classes), video_id [B], duration [B], feature_fps [B],
+    window_offset [B].
   """
   if not stream_dims:
     raise ValueError("stream_dims must name at least one stream, e.g. {'rgb': 1024}")
@@ -153,17 +146,72 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     raise ValueError(f"max_segments must be >= 1 or None, got {max_segments}")
   if repeat is None:
     repeat = is_training
+  output_keys, parsed_keys = input_fields.resolve(fields, is_training, num_classes)
   files = list_files(file_pattern)
   sizes = [tf.io.gfile.stat(f).length for f in files]
   if skip_corrupt and corrupt_counter is None:
     corrupt_counter = make_corrupt_counter()
 
   per_replica_batch = int(batch_size)
+  if input_context is not None:
+    per_replica_batch = input_context.get_per_replica_batch_size(int(batch_size))
+  if is_training and class_aware is not None:
+    dataset = _class_aware_records(files, num_classes, per_replica_batch, class_aware,
+                                   skip_corrupt, input_context, seed)
+    shuffle = False
+    if start_position is not None and log_fn:
+      log_fn("class-aware batches are drawn afresh on resume (not from the saved position)")
+  elif is_training and start_position is not None:
+    # Records paired with their own crop seeds, a function of (seed, epoch, position).
+    # (Imported here: deterministic_order reads files through this module.)
+    from tal_tf.data import deterministic_order  # pylint: disable=g-import-not-at-top
+    dataset = deterministic_order.ordered_records(
+        files, sizes, seed, start_position,
+        shuffle=bool(shuffle_buffer and int(shuffle_buffer) > 0),
+        shuffle_window=int(shuffle_buffer or 1), num_parallel_reads=num_parallel_reads,
+        input_context=input_context, skip_corrupt=skip_corrupt,
+        corrupt_counter=corrupt_counter, log_fn=log_fn)
+    shuffle = False  # The order is fixed: decoding may keep it.
+  else:
+    dataset, shuffle = _records(files, sizes, is_training, shuffle_buffer, num_parallel_reads,
+                                skip_corrupt, input_context, repeat, seed, corrupt_counter)
+  dataset = _decode_and_batch(dataset, stream_dims, num_classes, per_replica_batch,
+                              is_training, max_steps, min_kept_fraction, max_segments, seed,
+                              output_keys, parsed_keys, shuffle,
+                              seeded=is_training and start_position is not None and
+                              class_aware is None)
+  if corrupt_counter is not None:
+    dataset.corrupt_counter = corrupt_counter
+  return dataset
+
+
+def _class_aware_records(files, num_classes, batch_size, class_aware, skip_corrupt,
+                         input_context, seed):
+  """Serialized records drawn batch by batch by class (class_aware_sampler)."""
+  num_classes_per_batch, min_videos_per_class = class_aware
+  if num_classes is None:
+    raise ValueError("class-aware batching needs num_classes (video-level label ids)")
+  if skip_corrupt:
+    raise ValueError("class-aware batching reads records by offset after scanning them; "
+                     "skip_corrupt is not supported with it (repair or remove damaged files)")
+  shares = class_aware_sampler.class_shares(batch_size, num_classes_per_batch,
+                                            min_videos_per_class)
+  index = class_aware_sampler.scan_records(files)
+  _, member = class_aware_sampler.membership(index, num_classes, shares,
+                                             where=f"{len(files)} file(s) {files[:3]}")
+  if seed is not None:
+    # Its own stream (the crop seeds draw from `seed`); one per input pipeline.
+    seed = int(seed) + 7919 * (1 + (input_context.input_pipeline_id if input_context else 0))
+  return class_aware_sampler.record_dataset(index, member, shares, seed)
+
+
+def _records(files, sizes, is_training, shuffle_buffer, num_parallel_reads, skip_corrupt,
+             input_context, repeat, seed, corrupt_counter):
+  """(serialized records of the files, whether they are shuffled)."""
   dataset = tf.data.Dataset.from_tensor_slices(
       (tf.constant(files, tf.string), tf.constant(sizes, tf.int64)))
   shard_records = False
   if input_context is not None:
-    per_replica_batch = input_context.get_per_replica_batch_size(int(batch_size))
     if len(files) >= input_context.num_input_pipelines:
       dataset = dataset.shard(input_context.num_input_pipelines,
                               input_context.input_pipeline_id)
@@ -192,33 +240,34 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
                             input_context.input_pipeline_id)
   if shuffle and int(shuffle_buffer) > 1:
     dataset = dataset.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+  return dataset, shuffle
 
+
+def _decode_and_batch(dataset, stream_dims, num_classes, per_replica_batch, is_training,
+                      max_steps, min_kept_fraction, max_segments, seed, output_keys,
+                      parsed_keys, shuffle, seeded=False):
+  """Serialized records (or, `seeded`, (record, crop seed int64 [2]) pairs) -> decoded,
+  cropped (training), padded batches."""
   crop = is_training and max_steps is not None
 
-  if crop:
+  if seeded:
+    pass  # Each record carries its crop seed.
+  elif crop:
     # One independent stateless seed per record: crops are reproducible for a given `seed`
     # even though decoding runs in parallel.
     dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))
   else:
     dataset = dataset.map(lambda serialized: (serialized, tf.zeros([2], tf.int64)))
-  if start_position is not None:
-    # The resumable order replaces the reading, sharding and shuffling above: records and
-    # crop seeds are a function of (seed, epoch, position); see deterministic_order.
-    from tal_tf.data import deterministic_order  # pylint: disable=g-import-not-at-top
-    dataset = deterministic_order.ordered_records(
-        files, sizes, seed, start_position, shuffle=shuffle,
-        shuffle_window=int(shuffle_buffer or 1), num_parallel_reads=num_parallel_reads,
-        input_context=input_context, skip_corrupt=skip_corrupt,
-        corrupt_counter=corrupt_counter, log_fn=log_fn)
 
   def decode(serialized, crop_seed):
-    decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes)
+    decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes,
+                                                      fields=parsed_keys)
     if crop:
       decoded = temporal_crop.random_crop(decoded, max_steps, min_kept_fraction,
                                           stateless_seed=crop_seed)
-    else:
-      decoded[InputFields.window_offset] = tf.constant(0, tf.int32)
-    if max_segments is not None:
+    # Fields parsed only because a crop rule reads them are dropped here.
+    decoded = {key: decoded[key] for key in output_keys}
+    if max_segments is not None and InputFields.num_segments in decoded:
       count = decoded[InputFields.num_segments]
       check = tf.debugging.Assert(
           count <= max_segments,
@@ -229,15 +278,13 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     return decoded
 
   dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=(not shuffle or seed is not None or
-                                       start_position is not None))
+                        deterministic=not shuffle or seed is not None)
   time_dim = int(max_steps) if crop else None
-  padded_shapes = _pad_shapes(stream_dims, time_dim,
-                              int(max_segments) if max_segments is not None else None,
-                              num_classes)
+  padded_shapes = input_fields.pad_shapes(
+      output_keys, stream_dims, time_dim,
+      int(max_segments) if max_segments is not None else None, num_classes)
   dataset = dataset.padded_batch(per_replica_batch, padded_shapes=padded_shapes,
+                                 padding_values=input_fields.pad_values(output_keys,
+                                                                        stream_dims),
                                  drop_remainder=bool(is_training))
-  dataset = dataset.prefetch(tf.data.AUTOTUNE)
-  if corrupt_counter is not None:
-    dataset.corrupt_counter = corrupt_counter
-  return dataset
+  return dataset.prefetch(tf.data.AUTOTUNE)

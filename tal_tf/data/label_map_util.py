@@ -12,6 +12,8 @@ import collections
 import os
 import re
 
+from tal_tf.utils import atomic_files
+
 LabelMapItem = collections.namedtuple("LabelMapItem", ["id", "name", "display_name"])
 LabelMapItem.__doc__ = "One label-map entry: integer id (>= 1), name, display_name (or None)."
 
@@ -237,12 +239,8 @@ def label_map_to_text(items):
 
 
 def write_label_map(path, items):
-  """Writes items as a label-map text file (sorted by id); creates parent dirs."""
-  text = label_map_to_text(items)
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(text)
+  """Writes items as a label-map text file (sorted by id), atomically; creates parent dirs."""
+  atomic_files.write_text(path, label_map_to_text(items))
 
 
 def items_from_class_names(names):
@@ -260,6 +258,17 @@ def get_label_map_dict(path_or_items):
 def get_id_to_name(path_or_items):
   """Returns {id: name} for a label-map file path or a list of items."""
   return {it.id: it.name for it in _load(path_or_items)}
+
+
+def id_to_name_if_exists(path):
+  """{id: name} of the label map at `path`, or {} (with a warning) when there is none, so
+  results name classes `class_<id>`."""
+  if path and os.path.isfile(path):
+    return get_id_to_name(path)
+  import logging  # pylint: disable=g-import-not-at-top
+  logging.getLogger("tal_tf").warning("no label map found (%s): classes are written as "
+                                      "class_<id>", path)
+  return {}
 
 
 def get_num_classes(path_or_items):

@@ -9,8 +9,8 @@ ends (s), segment label ids and names, video-level label ids. Feature lists: one
 import numpy as np
 import tensorflow as tf
 
-from tal_tf.core.standard_fields import InputFields
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
+from tal_tf.data import input_fields
 
 
 def _varint(n):
@@ -156,101 +156,34 @@ def make_frame_sequence_example(video_id, duration, fps, jpeg_frames, segments_s
   return example
 
 
-def _video_label_one_hot(ids, num_classes):
-  """One-hot rows [L, num_classes] of video-level label ids (1..num_classes, checked)."""
-  with tf.control_dependencies([
-      tf.debugging.assert_greater_equal(
-          ids, tf.constant(1, tf.int64), message="video/labels ids must be >= 1"),
-      tf.debugging.assert_less_equal(
-          ids, tf.constant(num_classes, tf.int64),
-          message=f"video/labels ids must be <= num_classes={num_classes}")]):
-    return tf.one_hot(ids - 1, depth=num_classes, dtype=tf.float32)
-
-
-def _parse_specs(stream_dims):
-  """(context, sequence) feature specs of the record for the given streams."""
-  if not stream_dims:
-    raise ValueError("stream_dims must name at least one stream, e.g. {'rgb': 1024}")
-  context_spec = {
-      SEF.video_id: tf.io.FixedLenFeature([], tf.string),
-      SEF.duration: tf.io.FixedLenFeature([], tf.float32),
-      SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32),
-      SEF.num_steps: tf.io.FixedLenFeature([], tf.int64),
-      SEF.segment_start: tf.io.VarLenFeature(tf.float32),
-      SEF.segment_end: tf.io.VarLenFeature(tf.float32),
-      SEF.segment_label: tf.io.VarLenFeature(tf.int64),
-      SEF.video_labels: tf.io.VarLenFeature(tf.int64),
-  }
-  sequence_spec = {
-      SEF.feature_key(stream): tf.io.FixedLenSequenceFeature([int(dim)], tf.float32)
-      for stream, dim in stream_dims.items()
-  }
-  return context_spec, sequence_spec
-
-
-def parse_sequence_example(serialized, stream_dims, num_classes=None):
+def parse_sequence_example(serialized, stream_dims, num_classes=None, fields=None):
   """Decodes one serialized SequenceExample (scalar string tensor) into tensors.
 
-  Core TF ops only (used by the exported `tf_example` serving signature).
+  Core TF ops only (used by the exported `tf_example` serving signature). What is parsed
+  and how comes from the field table (tal_tf/data/input_fields.py).
   Args:
     serialized: scalar tf.string.
     stream_dims: dict stream name -> feature dim D (the streams to read).
-    num_classes: if given, adds multi-hot `video_labels` [num_classes] (id k -> column k-1).
+    num_classes: if given, adds multi-hot `video_labels` [num_classes] (id k -> column k-1)
+      when `fields` is None.
+    fields: InputFields keys to decode (None = every known field); the fields every batch
+      carries (input_fields.ALWAYS) are always decoded.
   Returns:
     dict keyed by InputFields: features {stream: [T, D] float32}, num_steps int32 [],
     groundtruth_segments [G, 2] float32 in feature steps (seconds * feature_fps),
     groundtruth_segments_seconds [G, 2], groundtruth_labels [G] int32,
     num_groundtruth_segments int32 [], duration, feature_fps float32 [], video_id string [],
-    video_labels [num_classes] float32 (when num_classes is given).
+    window_offset int32 [] (0), video_labels [num_classes] float32 (when asked for).
   """
-  context_spec, sequence_spec = _parse_specs(stream_dims)
+  keys, _ = input_fields.resolve(fields, is_training=True, num_classes=num_classes)
+  context_spec, sequence_spec = input_fields.parse_specs(keys, stream_dims)
   with tf.name_scope("parse_sequence_example"):
     context, sequences = tf.io.parse_single_sequence_example(
         serialized, context_features=context_spec, sequence_features=sequence_spec)
-    starts = tf.sparse.to_dense(context[SEF.segment_start])
-    ends = tf.sparse.to_dense(context[SEF.segment_end])
-    labels = tf.cast(tf.sparse.to_dense(context[SEF.segment_label]), tf.int32)
-    num_steps = tf.cast(context[SEF.num_steps], tf.int32)
-    video_id = context[SEF.video_id]
-    fps = context[SEF.feature_fps]
-
-    checks = [
-        tf.debugging.assert_equal(
-            tf.size(starts), tf.size(ends),
-            message="segment/start and segment/end have different lengths"),
-        tf.debugging.assert_equal(
-            tf.size(starts), tf.size(labels),
-            message="segment/start and segment/label have different lengths"),
-    ]
-    features = {}
-    for stream in stream_dims:
-      values = sequences[SEF.feature_key(stream)]
-      checks.append(tf.debugging.assert_equal(
-          tf.shape(values)[0], num_steps,
-          message=f"features/{stream} length differs from video/num_steps"))
-      features[stream] = values
-    with tf.control_dependencies(checks):
-      segments_seconds = tf.stack([starts, ends], axis=-1)
-      segments_seconds = tf.reshape(segments_seconds, [-1, 2])
-    decoded = {
-        InputFields.video_id: video_id,
-        InputFields.duration: context[SEF.duration],
-        InputFields.feature_fps: fps,
-        InputFields.num_steps: num_steps,
-        InputFields.features: features,
-        InputFields.segments_seconds: segments_seconds,
-        InputFields.segments: segments_seconds * fps,
-        InputFields.labels: labels,
-        InputFields.num_segments: tf.size(labels, out_type=tf.int32),
-    }
-    if num_classes is not None:
-      one_hot = _video_label_one_hot(context[SEF.video_labels].values, num_classes)
-      # Sum then clip (not max) so a video without labels gives zeros rather than -inf.
-      decoded[InputFields.video_labels] = tf.minimum(tf.reduce_sum(one_hot, axis=0), 1.0)
-  return decoded
+    return input_fields.decode(keys, context, sequences, None, stream_dims, num_classes)
 
 
-def parse_sequence_example_batch(serialized, stream_dims, num_classes=None):
+def parse_sequence_example_batch(serialized, stream_dims, num_classes=None, fields=None):
   """Decodes a batch of serialized SequenceExamples [B] into padded batched tensors.
 
   Core TF ops only (for serving signatures that take a batch of records). Same keys and
@@ -258,49 +191,15 @@ def parse_sequence_example_batch(serialized, stream_dims, num_classes=None):
   num_steps [B], groundtruth_segments / _seconds [B, G_max, 2], groundtruth_labels [B, G_max]
   (0 = padding), num_groundtruth_segments [B], video_id / duration / feature_fps [B],
   window_offset [B] (zeros), video_labels [B, num_classes] when num_classes is given.
+  `fields` as in parse_sequence_example.
   """
-  context_spec, sequence_spec = _parse_specs(stream_dims)
+  keys, _ = input_fields.resolve(fields, is_training=True, num_classes=num_classes)
+  context_spec, sequence_spec = input_fields.parse_specs(keys, stream_dims)
   with tf.name_scope("parse_sequence_example_batch"):
     serialized = tf.reshape(serialized, [-1])
-    batch = tf.shape(serialized)[0]
     context, sequences, lengths = tf.io.parse_sequence_example(
         serialized, context_features=context_spec, sequence_features=sequence_spec)
-    num_steps = tf.cast(context[SEF.num_steps], tf.int32)
-    checks = []
-    features = {}
-    for stream in stream_dims:
-      key = SEF.feature_key(stream)
-      checks.append(tf.debugging.assert_equal(
-          tf.cast(lengths[key], tf.int32), num_steps,
-          message=f"features/{stream} length differs from video/num_steps"))
-      features[stream] = sequences[key]
-    labels_sparse = context[SEF.segment_label]
-    rows = tf.cast(labels_sparse.indices[:, 0], tf.int32)
-    num_segments = tf.math.bincount(rows, minlength=batch, maxlength=batch, dtype=tf.int32)
-    starts = tf.sparse.to_dense(context[SEF.segment_start])
-    ends = tf.sparse.to_dense(context[SEF.segment_end])
-    with tf.control_dependencies(checks):
-      segments_seconds = tf.stack([starts, ends], axis=-1)
-    fps = context[SEF.feature_fps]
-    decoded = {
-        InputFields.video_id: context[SEF.video_id],
-        InputFields.duration: context[SEF.duration],
-        InputFields.feature_fps: fps,
-        InputFields.num_steps: num_steps,
-        InputFields.features: features,
-        InputFields.segments_seconds: segments_seconds,
-        InputFields.segments: segments_seconds * fps[:, None, None],
-        InputFields.labels: tf.cast(tf.sparse.to_dense(labels_sparse), tf.int32),
-        InputFields.num_segments: num_segments,
-        InputFields.window_offset: tf.zeros([batch], tf.int32),
-    }
-    if num_classes is not None:
-      video_labels = context[SEF.video_labels]
-      one_hot = _video_label_one_hot(video_labels.values, num_classes)
-      summed = tf.math.unsorted_segment_sum(
-          one_hot, tf.cast(video_labels.indices[:, 0], tf.int32), batch)
-      decoded[InputFields.video_labels] = tf.minimum(summed, 1.0)
-  return decoded
+    return input_fields.decode(keys, context, sequences, lengths, stream_dims, num_classes)
 
 
 def decode_sequence_example_numpy(serialized, stream_dims=None):

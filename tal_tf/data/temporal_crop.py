@@ -3,12 +3,15 @@
 Long videos are trained on a window of at most `max_steps` feature steps. Ground-truth
 segments are clipped to the window; a segment keeps its place only if the clipped part is at
 least `min_kept_fraction` of its original length, because a sliver of an action at a window
-edge teaches the detector to fire on fragments.
+edge teaches the detector to fire on fragments. Video-level labels follow the kept segments:
+a class whose segments were all cropped away is dropped; a class with no segment at all in
+the video (weak labels) is kept.
 """
 
 import tensorflow as tf
 
 from tal_tf.core.standard_fields import InputFields
+from tal_tf.data import input_fields
 
 
 def crop_window(decoded, offset, window_steps, min_kept_fraction=0.5):
@@ -24,39 +27,12 @@ def crop_window(decoded, offset, window_steps, min_kept_fraction=0.5):
   Returns:
     dict like `decoded` with features [T', D], segments in window coordinates (steps and
     seconds relative to the window start), labels / num_groundtruth_segments filtered,
-    num_steps = T' and window_offset = offset (int32).
+    num_steps = T', window_offset = offset (int32) and video_labels (when present) without
+    the classes whose segments the crop all dropped (each field's rule is in
+    tal_tf/data/input_fields.py).
   """
   with tf.name_scope("crop_window"):
-    offset = tf.cast(offset, tf.int32)
-    window_steps = tf.cast(window_steps, tf.int32)
-    num_steps = tf.cast(decoded[InputFields.num_steps], tf.int32)
-    end = tf.minimum(offset + window_steps, num_steps)
-    new_len = tf.maximum(end - offset, 0)
-    out = dict(decoded)
-    out[InputFields.features] = {
-        stream: values[offset:end] for stream, values in decoded[InputFields.features].items()
-    }
-    segments = decoded[InputFields.segments]
-    lo = tf.cast(offset, segments.dtype)
-    hi = tf.cast(end, segments.dtype)
-    starts = tf.maximum(segments[:, 0], lo)
-    ends = tf.minimum(segments[:, 1], hi)
-    clipped_len = ends - starts
-    orig_len = segments[:, 1] - segments[:, 0]
-    # Zero-length segments (the converter drops them) have clipped_len <= 0 and are dropped
-    # here too; the maximum() only keeps the division finite for them.
-    kept_fraction = clipped_len / tf.maximum(orig_len, 1e-6)
-    keep = tf.logical_and(clipped_len > 0, kept_fraction >= min_kept_fraction)
-    new_segments = tf.stack([starts, ends], axis=-1) - lo
-    new_segments = tf.boolean_mask(new_segments, keep)
-    out[InputFields.segments] = tf.reshape(new_segments, [-1, 2])
-    fps = tf.cast(decoded[InputFields.feature_fps], segments.dtype)
-    out[InputFields.segments_seconds] = out[InputFields.segments] / fps
-    out[InputFields.labels] = tf.boolean_mask(decoded[InputFields.labels], keep)
-    out[InputFields.num_segments] = tf.reduce_sum(tf.cast(keep, tf.int32))
-    out[InputFields.num_steps] = new_len
-    out[InputFields.window_offset] = offset
-  return out
+    return input_fields.crop(decoded, offset, window_steps, min_kept_fraction)
 
 
 def random_crop(decoded, max_steps, min_kept_fraction=0.5, seed=None, stateless_seed=None):

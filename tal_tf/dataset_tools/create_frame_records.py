@@ -18,7 +18,7 @@ Examples:
 
 Videos are found as <videos>/<video_id>.<ext> (mp4, avi, mkv, webm, mov, ...). Missing,
 empty, unreadable, stream-less, corrupt and truncated files are skipped and counted, with
-the file and the reason, in the printed summary and <output>-summary.json. Shards are
+the file and the reason, in the printed summary and <output>.summary.json. Shards are
 written under temporary names and renamed when the run succeeds.
 """
 
@@ -122,7 +122,7 @@ def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, 
                    max_frames_per_record=1500, ignore_classes=(), length_tolerance=0.1,
                    progress_every_seconds=10.0, progress_stream=sys.stderr):
   """Converts one subset's videos into sharded frame TFRecords; returns the summary dict
-  (also written to <output_prefix>-summary.json)."""
+  (also written to <output_prefix>.summary.json)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -133,12 +133,12 @@ def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, 
     raise ValueError("give size or short_side, not both")
   ignore_classes = [c for c in ignore_classes if c]
   database = annotations_lib.load_database(annotations_path)
-  video_ids = annotations_lib.select_videos(database, subset, annotations_path)
+  report = quirks.QuirkReport()
+  video_ids = annotations_lib.select_videos(database, subset, annotations_path, report)
   files = decoding.list_videos(videos_dir)
   items, label_map_written = create_tfrecord.resolve_label_map(
       database, video_ids, annotations_path, label_map_path, ignore_classes)
   name_to_id = {it.name: it.id for it in items}
-  report = quirks.QuirkReport()
   paths = create_tfrecord.shard_paths(output_prefix, int(num_shards))
   progress = create_tfrecord.Progress(len(video_ids), progress_every_seconds, progress_stream,
                                       name="create_frame_records")
@@ -169,7 +169,7 @@ def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, 
       "label_map": label_map_path, "label_map_written": label_map_written,
       "seconds": time.time() - start_time, "skipped_videos": report.skipped_videos(),
       "quirks": report.to_dict()}
-  summary_path = f"{output_prefix}-summary.json"
+  summary_path = create_tfrecord.summary_path(output_prefix)
   with atomic_files.atomic_output(summary_path) as tmp:
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=2, sort_keys=True)

@@ -13,12 +13,24 @@ Examples:
   # HDF5 with one dataset per video:
   ... --hdf5_features=feats.h5 --stream_dims=rgb:1024,flow:1024 --feature_fps=2.0
 
-Output files: `<output>-00000-of-0000N.tfrecord`, ..., plus `<output>-summary.json` with the
-counts and the per-video list of every data quirk met (also printed at the end).
+  # Trimmed clips (e.g. UCF101): each video is one action, segment [0, duration]:
+  ... --trimmed
+
+Output files: `<output>-00000-of-0000N.tfrecord`, ..., plus `<output>.summary.json` with the
+counts and the per-video list of every data quirk met (also printed at the end). The summary's
+name does not match the shard glob `<output>-*`.
+
+Nothing is lost on failure: shards and summary are written under hidden temporary names and
+renamed over the previous outputs only once every shard is complete (the summary last), so a
+killed or failed run (e.g. disk full) leaves the previous outputs of the prefix as they were.
+Shards of the prefix with another shard count (`<output>-SSSSS-of-MMMMM.tfrecord`, M != N)
+would be read twice by the glob: they are removed after the new shards are in place and
+listed in the summary. Errors print one line naming the file or flag and exit non-zero.
 """
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -29,6 +41,11 @@ from tal_tf.data import label_map_util
 from tal_tf.dataset_tools import annotations as annotations_lib
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import quirks
+from tal_tf.utils import atomic_files
+
+
+class ConversionError(ValueError):
+  """The conversion cannot be done as asked; the message names the file, flag or value."""
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -64,7 +81,10 @@ def define_flags(flag_values=flags.FLAGS):
                      "num_steps vs duration x feature_fps and for stream-length differences.",
                      flag_values=fv)
   flags.DEFINE_string("summary_json", None, "Where to write the summary JSON (default "
-                      "<output>-summary.json).", flag_values=fv)
+                      "<output>.summary.json).", flag_values=fv)
+  flags.DEFINE_boolean("trimmed", False, "Every video is a trimmed clip whose whole extent "
+                       "is the action: one segment [0, duration] per video-level label (per "
+                       "video: \"trimmed\": true in the JSON).", flag_values=fv)
 
 
 def feature_source_from_flags(fv):
@@ -82,10 +102,7 @@ def feature_source_from_flags(fv):
     raise app.UsageError(f"--{chosen[0]} needs --stream_dims, e.g. rgb:1024,flow:1024")
   if fv.concat_features:
     return feature_readers.ConcatNpySource(fv.concat_features, dims)
-  spec = fv.hdf5_features
-  if ":" in spec and not os.path.exists(spec):
-    return feature_readers.Hdf5Source(feature_readers.parse_stream_paths(spec, "file"), dims)
-  return feature_readers.Hdf5Source(spec, dims)
+  return feature_readers.Hdf5Source(feature_readers.hdf5_files(fv.hdf5_features), dims)
 
 
 def resolve_label_map(database, video_ids, annotations_path, label_map_path, ignore_classes):
@@ -117,6 +134,30 @@ def resolve_label_map(database, video_ids, annotations_path, label_map_path, ign
 def shard_paths(output_prefix, num_shards):
   """Output file names `<prefix>-00000-of-0000N.tfrecord`."""
   return [f"{output_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+
+
+def summary_path(output_prefix):
+  """Default summary file `<prefix>.summary.json` (the shard glob `<prefix>-*` skips it)."""
+  return f"{output_prefix}.summary.json"
+
+
+def _shard_name_pattern(output_prefix):
+  """Regex of the prefix's own shard file names (any shard count)."""
+  return re.escape(os.path.basename(output_prefix)) + r"-\d{5}-of-(\d{5})\.tfrecord"
+
+
+def stale_shards(output_prefix, num_shards):
+  """Existing shards of the prefix written with another shard count (sorted paths)."""
+  directory = os.path.dirname(os.path.abspath(output_prefix))
+  if not os.path.isdir(directory):
+    return []
+  pattern = re.compile(_shard_name_pattern(output_prefix))
+  out = []
+  for name in sorted(os.listdir(directory)):
+    match = pattern.fullmatch(name)
+    if match and int(match.group(1)) != int(num_shards):
+      out.append(os.path.join(os.path.dirname(output_prefix), name))
+  return out
 
 
 class Progress:
@@ -155,6 +196,11 @@ class ConversionSummary:
         f"Converted {self.num_written} of {self.num_selected} videos "
         f"(subset: {self.subset or 'all'}) into {len(self.shards)} shard(s) "
         f"{self.output_prefix}-*-of-{len(self.shards):05d}.tfrecord in {self.seconds:.1f} s.",
+    ]
+    if self.removed_stale_shards:
+      lines.append(f"Removed {len(self.removed_stale_shards)} stale shard(s) of this prefix "
+                   f"with another shard count: {', '.join(self.removed_stale_shards)}")
+    lines += [
         f"Streams: {', '.join(f'{s}:{d}' for s, d in self.stream_dims.items())}; "
         f"{self.num_segments} segments; label map {self.label_map} "
         f"({'written' if self.label_map_written else 'read'}, {self.num_classes} classes).",
@@ -164,9 +210,11 @@ class ConversionSummary:
     return "\n".join(lines)
 
   def to_dict(self):
-    """JSON-ready dict (written to <output>-summary.json)."""
+    """JSON-ready dict (written to <output>.summary.json)."""
     return {
         "num_selected": self.num_selected, "num_written": self.num_written,
+        "shard_bytes": self.shard_bytes, "shard_records": self.shard_records,
+        "removed_stale_shards": self.removed_stale_shards, "trimmed": self.trimmed,
         "num_skipped": self.num_selected - self.num_written,
         "num_segments": self.num_segments, "subset": self.subset,
         "shards": self.shards, "stream_dims": dict(self.stream_dims),
@@ -176,24 +224,20 @@ class ConversionSummary:
     }
 
 
-def _steps_tolerance(length_tolerance, steps):
-  # A 2-step floor: extractors that drop a final partial window lose a step or two.
-  return max(2.0, length_tolerance * steps)
-
-
 def convert_dataset(annotations_path, output_prefix, label_map_path, feature_source,
                     subset=None, num_shards=1, feature_fps=None, frames_per_step=None,
                     ignore_classes=(), length_tolerance=0.1, summary_json=None,
-                    progress_every_seconds=10.0, progress_stream=sys.stderr):
+                    progress_every_seconds=10.0, progress_stream=sys.stderr, trimmed=False):
   """Converts one subset into sharded TFRecords; returns a ConversionSummary.
 
   Videos are written in sorted id order, round-robin over shards. Quirks (see
   quirks.QUIRK_KINDS) are handled, counted and listed; videos with unusable features are
-  skipped. Exactly one of feature_fps / frames_per_step must be given.
+  skipped. Exactly one of feature_fps / frames_per_step must be given. `trimmed`: every
+  video is a trimmed clip (one segment [0, duration] per video-level label); a video's
+  "trimmed": true in the JSON does the same for that video. Outputs replace the previous
+  ones only once complete (module doc); a write failure raises ConversionError and leaves
+  them intact.
   """
-  import tensorflow as tf  # Deferred so `--help` and flag errors stay fast.
-  from tal_tf.data import sequence_example
-
   start_time = time.time()
   if (feature_fps is None) == (frames_per_step is None):
     raise ValueError("give exactly one of feature_fps (steps per second) or frames_per_step "
@@ -208,52 +252,112 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
     raise ValueError("output prefix is empty; expected e.g. 'records/train'")
   ignore_classes = [c for c in ignore_classes if c]
 
+  report = quirks.QuirkReport()
   database = annotations_lib.load_database(annotations_path)
-  video_ids = annotations_lib.select_videos(database, subset, annotations_path)
+  video_ids = annotations_lib.select_videos(database, subset, annotations_path, report)
   items, label_map_written = resolve_label_map(database, video_ids, annotations_path,
                                                label_map_path, ignore_classes)
   name_to_id = {it.name: it.id for it in items}
 
+  # One tolerance for this conversion: stream lengths (checked by the source) and steps vs
+  # duration x rate.
+  feature_source.length_tolerance = float(length_tolerance)
   stream_dims = feature_source.prepare(video_ids)
-  report = quirks.QuirkReport()
+  # Deferred so `--help` and errors in flags, annotations or label map come fast.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tal_tf.data import sequence_example  # pylint: disable=g-import-not-at-top
   out_dir = os.path.dirname(os.path.abspath(output_prefix))
   os.makedirs(out_dir, exist_ok=True)
+  # Temporaries of killed earlier runs (their process is gone) are deleted first.
+  atomic_files.remove_stale_temporaries(
+      out_dir, _shard_name_pattern(output_prefix) + "|"
+      + re.escape(os.path.basename(summary_json or summary_path(output_prefix))))
   paths = shard_paths(output_prefix, int(num_shards))
-  writers = [tf.io.TFRecordWriter(p) for p in paths]
+  temps = [atomic_files.temp_name(p) for p in paths]
+  final_summary = summary_json or summary_path(output_prefix)
+  temp_summary = atomic_files.temp_name(final_summary)
   progress = Progress(len(video_ids), progress_every_seconds, progress_stream)
   num_written = 0
   num_segments = 0
+  shard_records = [0] * len(paths)
+  writers = []
+  current = paths[0]
   try:
-    for index, video_id in enumerate(video_ids):
-      entry = database[video_id]
-      example = _convert_video(video_id, entry, feature_source, name_to_id, report,
-                               feature_fps, frames_per_step, ignore_classes,
-                               length_tolerance, sequence_example)
-      if example is not None:
-        writers[num_written % len(writers)].write(example.SerializeToString())
-        num_written += 1
-        num_segments += len(example.context.feature["segment/label"].int64_list.value)
-      progress.update(index + 1, num_written)
+    try:
+      for path, temp in zip(paths, temps):
+        current = path
+        writers.append(tf.io.TFRecordWriter(temp))
+      for index, video_id in enumerate(video_ids):
+        entry = database[video_id]
+        example = _convert_video(video_id, entry, feature_source, name_to_id, report,
+                                 feature_fps, frames_per_step, ignore_classes,
+                                 length_tolerance, sequence_example, trimmed)
+        if example is not None:
+          shard = num_written % len(writers)
+          current = paths[shard]
+          writers[shard].write(example.SerializeToString())
+          shard_records[shard] += 1
+          num_written += 1
+          num_segments += len(example.context.feature["segment/label"].int64_list.value)
+        progress.update(index + 1, num_written)
+      for path, writer in zip(paths, writers):
+        current = path
+        writer.close()
+    except (OSError, tf.errors.OpError) as e:
+      raise ConversionError(_write_error(e, current)) from None
+    stale = stale_shards(output_prefix, num_shards)
+    summary = ConversionSummary(
+        num_selected=len(video_ids), num_written=num_written, num_segments=num_segments,
+        subset=subset or "", shards=paths, output_prefix=output_prefix,
+        stream_dims=stream_dims, label_map=label_map_path,
+        label_map_written=label_map_written,
+        num_classes=label_map_util.get_num_classes(items),
+        seconds=time.time() - start_time, report=report,
+        shard_bytes=[os.path.getsize(t) for t in temps], shard_records=shard_records,
+        removed_stale_shards=stale, trimmed=bool(trimmed))
+    try:
+      current = final_summary
+      with open(temp_summary, "w", encoding="utf-8") as f:
+        json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+      # Commit: the shards, then (after the stale shards are gone) the summary, each by an
+      # atomic rename. A kill among these renames leaves whole files of either run.
+      for temp, path in zip(temps, paths):
+        current = path
+        os.replace(temp, path)
+      for path in stale:
+        os.remove(path)
+      current = final_summary
+      os.replace(temp_summary, final_summary)
+    except OSError as e:
+      raise ConversionError(_write_error(e, current)) from None
   finally:
-    for w in writers:
-      w.close()
-
-  summary = ConversionSummary(
-      num_selected=len(video_ids), num_written=num_written, num_segments=num_segments,
-      subset=subset or "", shards=paths, output_prefix=output_prefix,
-      stream_dims=stream_dims, label_map=label_map_path,
-      label_map_written=label_map_written,
-      num_classes=label_map_util.get_num_classes(items),
-      seconds=time.time() - start_time, report=report)
-  summary_path = summary_json or f"{output_prefix}-summary.json"
-  with open(summary_path, "w", encoding="utf-8") as f:
-    json.dump(summary.to_dict(), f, indent=2, sort_keys=True)
-  summary.summary_json = summary_path
+    for writer in writers:
+      try:
+        writer.close()
+      except Exception:  # pylint: disable=broad-except  # Already failing: keep that error.
+        pass
+    for temp in temps + [temp_summary]:
+      if os.path.exists(temp):
+        os.remove(temp)
+  summary.summary_json = final_summary
   return summary
 
 
+def _write_error(error, path):
+  """One-line description of a failed write of `path` (OSError or a TensorFlow error)."""
+  if isinstance(error, OSError):
+    return f"cannot write {atomic_files.describe_os_error(error, path)}"
+  message = str(getattr(error, "message", error)).strip().splitlines()[0]
+  if "space left" in message.lower():
+    message = "no space left on device"
+  return f"cannot write {path}: {message}"
+
+
 def _convert_video(video_id, entry, feature_source, name_to_id, report, feature_fps,
-                   frames_per_step, ignore_classes, length_tolerance, sequence_example):
+                   frames_per_step, ignore_classes, length_tolerance, sequence_example,
+                   trimmed=False):
   """Reads, checks and builds one video's SequenceExample; None when the video is skipped."""
   import numpy as np
 
@@ -266,21 +370,19 @@ def _convert_video(video_id, entry, feature_source, name_to_id, report, feature_
   else:
     rate = float(feature_fps)
   try:
-    features = feature_source.read(video_id)
+    video = feature_source.video(video_id)
+    lengths = video.stream_lengths
+    detail = ", ".join(f"{s}={n}" for s, n in lengths.items())
+    if video.num_steps == 0:
+      raise feature_readers.FeatureError("features_empty", f"{video.where}: no steps "
+                                         f"({detail})")
+    features = video.read(0, video.num_steps)
   except feature_readers.FeatureError as e:
     report.add(e.kind, video_id, e.message)
     return None
-
-  lengths = {s: v.shape[0] for s, v in features.items()}
-  shortest, longest = min(lengths.values()), max(lengths.values())
-  if shortest != longest:
-    detail = ", ".join(f"{s}={n}" for s, n in lengths.items())
-    if longest - shortest > _steps_tolerance(length_tolerance, longest):
-      report.add("stream_length_mismatch", video_id, detail)
-      return None
-    report.add("stream_length_trimmed", video_id, f"{detail} -> {shortest}")
-    features = {s: v[:shortest] for s, v in features.items()}
-  num_steps = shortest
+  num_steps = video.num_steps
+  if len(set(lengths.values())) > 1:
+    report.add("stream_length_trimmed", video_id, f"{detail} -> {num_steps}")
 
   duration = annotations_lib.video_duration(entry)
   if duration is None:
@@ -289,22 +391,35 @@ def _convert_video(video_id, entry, feature_source, name_to_id, report, feature_
                f"duration={entry.get('duration')!r} -> {duration:.3f} s")
   else:
     expected = duration * rate
-    if abs(num_steps - expected) > _steps_tolerance(length_tolerance, expected):
+    if abs(num_steps - expected) > feature_readers.steps_tolerance(expected,
+                                                               length_tolerance):
       report.add("length_inconsistent", video_id,
                  f"{num_steps} steps vs duration {duration} s x {rate:g} steps/s = "
                  f"{expected:.1f}")
 
-  segments, names = annotations_lib.clean_segments(video_id, entry, duration, report,
-                                                   ignore_classes)
-  if not len(names):
-    report.add("video_without_segments", video_id)
+  if trimmed or entry.get("trimmed", False):
+    segments, names = annotations_lib.trimmed_segments(video_id, entry, duration, report,
+                                                       ignore_classes)
+    video_names = names
+  else:
+    segments, names = annotations_lib.clean_segments(video_id, entry, duration, report,
+                                                     ignore_classes)
+    video_names = annotations_lib.video_labels(video_id, entry, names, report,
+                                               ignore_classes)
+  if not names:
+    report.add("video_labels_only" if video_names else "video_without_segments", video_id,
+               ", ".join(video_names))
   labels = np.asarray([name_to_id[n] for n in names], np.int64)
   return sequence_example.make_sequence_example(
-      video_id, duration, rate, features, segments, labels, names)
+      video_id, duration, rate, features, segments, labels, names,
+      video_labels=sorted(name_to_id[n] for n in video_names))
 
 
 def main(argv):
-  """CLI entry point: flags -> convert_dataset -> printed summary."""
+  """CLI entry point: flags -> convert_dataset -> printed summary.
+
+  The library's own errors (bad annotations, label map, features, flags, failed writes)
+  print one line naming the file or flag and exit with status 2 instead of a traceback."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   fv = flags.FLAGS
@@ -313,13 +428,20 @@ def main(argv):
       raise app.UsageError(f"--{required} is required")
   if (fv.feature_fps is None) == (fv.frames_per_step is None):
     raise app.UsageError("give exactly one of --feature_fps or --frames_per_step")
-  source = feature_source_from_flags(fv)
-  summary = convert_dataset(
-      annotations_path=fv.annotations, output_prefix=fv.output, label_map_path=fv.label_map,
-      feature_source=source, subset=fv.subset or None, num_shards=fv.num_shards,
-      feature_fps=fv.feature_fps, frames_per_step=fv.frames_per_step,
-      ignore_classes=fv.ignore_classes, length_tolerance=fv.length_tolerance,
-      summary_json=fv.summary_json)
+  try:
+    source = feature_source_from_flags(fv)
+    summary = convert_dataset(
+        annotations_path=fv.annotations, output_prefix=fv.output,
+        label_map_path=fv.label_map, feature_source=source, subset=fv.subset or None,
+        num_shards=fv.num_shards, feature_fps=fv.feature_fps,
+        frames_per_step=fv.frames_per_step, ignore_classes=fv.ignore_classes,
+        length_tolerance=fv.length_tolerance, summary_json=fv.summary_json,
+        trimmed=fv.trimmed)
+  except app.UsageError:
+    raise
+  except (ValueError, OSError) as e:
+    print(f"create_tfrecord: error: {_one_line(e)}", file=sys.stderr)
+    return 2
   print(summary.format())
   print(f"Summary JSON: {summary.summary_json}")
   if summary.num_written == 0:
@@ -327,6 +449,13 @@ def main(argv):
           file=sys.stderr)
     return 1
   return 0
+
+
+def _one_line(error):
+  """An exception's message on one line (OSErrors name their file)."""
+  if isinstance(error, OSError) and error.filename:
+    return atomic_files.describe_os_error(error, error.filename)
+  return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -5,13 +5,19 @@ import json
 
 # kind -> (what happened, what the converter did). Order = report order.
 QUIRK_KINDS = collections.OrderedDict([
+    ("subset_missing", "video has no \"subset\" string: not selected by --subset (listed)"),
     ("segment_clipped", "segment ran past the video end (or before 0): clipped"),
     ("segment_outside_video", "segment lies entirely after the video end (or before 0): "
                               "dropped"),
     ("segment_degenerate", "segment zero-length or inverted: dropped"),
     ("segment_malformed", "segment not a pair of finite numbers, or no label: dropped"),
     ("segment_ignored_class", "segment of a class in --ignore_classes: dropped"),
-    ("video_without_segments", "video has no segment left (kept, as background only)"),
+    ("label_ignored_class", "video-level label of a class in --ignore_classes: dropped"),
+    ("trimmed_segment_replaced", "segment of a trimmed clip: replaced by [0, duration]"),
+    ("video_without_segments", "video has no segment and no video-level label left (kept, "
+                               "as background only)"),
+    ("video_labels_only", "video has video-level labels but no segment (kept, weakly "
+                          "labelled)"),
     ("duration_missing", "video has no usable duration: taken as num_steps / feature_fps"),
     ("fps_missing", "video has no fps for --frames_per_step: skipped"),
     ("features_missing", "feature file or dataset missing: video skipped"),
@@ -36,6 +42,8 @@ SKIP_KINDS = ("fps_missing", "features_missing", "features_empty", "features_wro
               "features_non_finite", "features_malformed", "stream_length_mismatch",
               "video_missing", "video_empty", "video_unreadable", "video_no_stream",
               "video_corrupt", "video_truncated")
+# Kinds whose every video is listed in the printed report (not just the first few).
+LIST_ALL_KINDS = SKIP_KINDS + ("subset_missing",)
 
 
 class QuirkReport:
@@ -74,7 +82,7 @@ class QuirkReport:
       if not n:
         continue
       lines.append(f"  {kind}: {n} -- {meaning}")
-      shown = self.events[kind] if kind in SKIP_KINDS else self.events[kind][:max_examples]
+      shown = self.events[kind] if kind in LIST_ALL_KINDS else self.events[kind][:max_examples]
       for video_id, detail in shown:
         lines.append(f"      {video_id}" + (f": {detail}" if detail else ""))
       if len(shown) < n:

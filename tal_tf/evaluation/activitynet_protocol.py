@@ -30,6 +30,7 @@ import logging
 
 import numpy as np
 
+from tal_tf.core import segment_ops_np
 from tal_tf.evaluation import io as eval_io
 
 ACTIVITYNET_TIOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -61,21 +62,6 @@ def as_thresholds(tiou_thresholds, name="tiou_thresholds"):
   if not np.all(np.isfinite(thr)) or np.any(thr < 0) or np.any(thr > 1):
     raise ValueError(f"{name}: expected values in [0, 1], got {thr.tolist()}")
   return thr
-
-
-def segment_iou_matrix(a, b):
-  """tIoU [N, M] between segments a [N, 2] and b [M, 2] (start, end); 0 where the union is 0."""
-  a = np.asarray(a, np.float64).reshape(-1, 2)
-  b = np.asarray(b, np.float64).reshape(-1, 2)
-  inter = (np.minimum(a[:, None, 1], b[None, :, 1])
-           - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
-  # Same operation order as the reference: (len_b + len_a) - inter (IEEE + is commutative).
-  union = ((b[None, :, 1] - b[None, :, 0]) + (a[:, None, 1] - a[:, None, 0])) - inter
-  with np.errstate(divide="ignore", invalid="ignore"):
-    iou = inter / union
-  # Two zero-length identical segments give 0/0; the reference yields NaN, which never
-  # passes a threshold, so 0 is equivalent and keeps the arithmetic clean.
-  return np.where(union > 0, iou, 0.0)
 
 
 def _greedy_match_video(iou, thresholds):
@@ -168,7 +154,7 @@ def match_predictions(ground_truth, predictions, tiou_thresholds):
     gts = gt_sorted[g_starts[gi]:g_starts[gi] + g_counts[gi], 1:3]
     # Stable grouping keeps ranked order inside the video.
     rows = p_order[p_starts[k]:p_starts[k] + p_counts[k]]
-    iou = segment_iou_matrix(pred[rows, 1:3], gts)
+    iou = segment_ops_np.pairwise_tiou(pred[rows, 1:3], gts)
     tp[:, rows] = _greedy_match_video(iou, thr)
   return tp
 
@@ -338,7 +324,7 @@ def average_recall_vs_num_proposals(ground_truth, proposals,
       video_props = video_props[np.argsort(-video_props[:, 3], kind="mergesort")]
       kept = min(int(video_props.shape[0] * ratio), video_props.shape[0])
       total_kept += kept
-      tiou = segment_iou_matrix(gts, video_props[:kept, 1:3])         # [G_v, kept]
+      tiou = segment_ops_np.pairwise_tiou(gts, video_props[:kept, 1:3])         # [G_v, kept]
     else:
       # The reference scores a video without proposals as one proposal of tIoU 0.
       tiou = np.zeros((gts.shape[0], 1))

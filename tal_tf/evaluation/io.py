@@ -19,159 +19,44 @@ path (e.g. ``annotations[3].segment``), the offending value and what was expecte
 
 import json
 import math
-import numbers
 import os
 import re
 
 import numpy as np
 
+from tal_tf.dataset_tools import annotations as annotations_lib
+
 # Keys of the per-video dicts the loaders return and the protocols consume.
-SEGMENTS = "segments"
-LABELS = "labels"
-SCORES = "scores"
-DURATION = "duration"
-SUBSET = "subset"
+SEGMENTS = annotations_lib.SEGMENTS
+LABELS = annotations_lib.LABELS
+SCORES = annotations_lib.SCORES
+DURATION = annotations_lib.DURATION
+SUBSET = annotations_lib.SUBSET
 
 # THUMOS14 marks hard-to-label stretches with this label; it is never an action class.
 AMBIGUOUS_LABEL = "Ambiguous"
 
+# One error type for annotation and results files (the message names file, video, field).
+EvaluationFormatError = annotations_lib.AnnotationError
 
-class EvaluationFormatError(ValueError):
-  """A malformed annotation / results / ambiguous-segment file or in-memory entry."""
-
-
-def _where(path, video_id=None, field=None):
-  """Human-readable location prefix: file 'x', video 'y', field 'z'."""
-  parts = [f"file '{path}'"]
-  if video_id is not None:
-    parts.append(f"video '{video_id}'")
-  if field is not None:
-    parts.append(f"field '{field}'")
-  return ", ".join(parts)
-
-
-def _fail(path, video_id, field, message):
-  raise EvaluationFormatError(f"{_where(path, video_id, field)}: {message}")
-
-
-def _is_number(x):
-  """True for real numbers that are not bools (JSON true/false must not pass as 1/0)."""
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _check_segment(value, path, video_id, field):
-  """Validates one [start, end] pair; returns it as two floats."""
-  if (not isinstance(value, (list, tuple)) or len(value) != 2
-      or not all(_is_number(v) for v in value)):
-    _fail(path, video_id, field,
-          f"expected [start, end] with two numbers (seconds), got {value!r}")
-  start, end = float(value[0]), float(value[1])
-  if not (math.isfinite(start) and math.isfinite(end)):
-    _fail(path, video_id, field, f"expected finite start and end, got {value!r}")
-  if end < start:
-    _fail(path, video_id, field, f"expected end >= start, got {value!r}")
-  return start, end
-
-
-def _check_label(value, path, video_id, field):
-  if not isinstance(value, str) or not value:
-    _fail(path, video_id, field, f"expected a non-empty class name string, got {value!r}")
-  return value
-
-
-def _read_json(path, what):
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{what} file '{path}' does not exist")
-  with open(path, "r", encoding="utf-8") as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise EvaluationFormatError(f"file '{path}': not valid JSON ({e})") from None
-
-
-def _subset_matches(subset, wanted):
-  return wanted is None or (isinstance(subset, str) and subset.lower() == wanted.lower())
-
-
-def parse_annotations(data, path="<memory>", subset=None):
-  """Validates an annotation dict (loaded JSON) -> {video_id: {segments [G,2], labels [G],
-  duration, subset}}, keeping only videos whose subset equals `subset` (case-insensitive)."""
-  if not isinstance(data, dict) or "database" not in data:
-    _fail(path, None, "database",
-          'expected a JSON object with a "database" key mapping video ids to entries')
-  database = data["database"]
-  if not isinstance(database, dict):
-    _fail(path, None, "database",
-          f"expected an object mapping video ids to entries, got {type(database).__name__}")
-  out = {}
-  subsets_seen = set()
-  for video_id, entry in database.items():
-    if not isinstance(entry, dict):
-      _fail(path, video_id, None, f"expected an object, got {type(entry).__name__}")
-    video_subset = entry.get(SUBSET)
-    if subset is not None:
-      if SUBSET not in entry:
-        _fail(path, video_id, SUBSET,
-              f"missing; needed to select subset '{subset}'")
-      if not isinstance(video_subset, str):
-        _fail(path, video_id, SUBSET, f"expected a string, got {video_subset!r}")
-      subsets_seen.add(video_subset)
-      if not _subset_matches(video_subset, subset):
-        continue
-    duration = entry.get(DURATION)
-    if duration is not None:
-      if not _is_number(duration) or not math.isfinite(duration) or duration < 0:
-        _fail(path, video_id, DURATION,
-              f"expected a finite non-negative number of seconds, got {duration!r}")
-      duration = float(duration)
-    if "annotations" not in entry:
-      _fail(path, video_id, "annotations",
-            "missing; expected a list of {\"segment\": [s, e], \"label\": name} "
-            "(use [] for a video without actions)")
-    annotations = entry["annotations"]
-    if not isinstance(annotations, list):
-      _fail(path, video_id, "annotations",
-            f"expected a list, got {type(annotations).__name__}")
-    segments = np.zeros((len(annotations), 2), np.float64)
-    labels = np.empty(len(annotations), dtype=object)
-    for i, ann in enumerate(annotations):
-      field = f"annotations[{i}]"
-      if not isinstance(ann, dict):
-        _fail(path, video_id, field, f"expected an object, got {ann!r}")
-      for key in ("segment", "label"):
-        if key not in ann:
-          _fail(path, video_id, f"{field}.{key}", f"missing in {ann!r}")
-      segments[i] = _check_segment(ann["segment"], path, video_id, f"{field}.segment")
-      labels[i] = _check_label(ann["label"], path, video_id, f"{field}.label")
-    out[video_id] = {SEGMENTS: segments, LABELS: labels, DURATION: duration,
-                     SUBSET: video_subset}
-  if subset is not None and not out and database:
-    raise EvaluationFormatError(
-        f"file '{path}': no video has subset '{subset}' (case-insensitive); "
-        f"subsets present: {sorted(subsets_seen)}")
-  return out
-
-
-def load_annotations(path, subset=None):
-  """Loads + validates an annotation JSON -> {video_id: {segments [G,2] float64 seconds,
-  labels [G] str, duration, subset}}; `subset` (case-insensitive) filters videos."""
-  return parse_annotations(_read_json(path, "annotations"), path=path, subset=subset)
-
+# The annotation parser is shared with the converter (tal_tf/dataset_tools/annotations.py).
+parse_annotations = annotations_lib.parse_annotations
+load_annotations = annotations_lib.load_annotations
 
 def parse_results(data, path="<memory>", require_labels=True):
   """Validates a results dict (loaded JSON) -> {video_id: {segments [N,2], labels [N],
   scores [N]}}; labels may be absent (None) when `require_labels` is False (proposals)."""
   if not isinstance(data, dict) or "results" not in data:
-    _fail(path, None, "results",
+    annotations_lib.fail(path, None, "results",
           'expected a JSON object with a "results" key mapping video ids to lists')
   results = data["results"]
   if not isinstance(results, dict):
-    _fail(path, None, "results",
+    annotations_lib.fail(path, None, "results",
           f"expected an object mapping video ids to lists, got {type(results).__name__}")
   out = {}
   for video_id, entries in results.items():
     if not isinstance(entries, list):
-      _fail(path, video_id, None,
+      annotations_lib.fail(path, video_id, None,
             f"expected a list of detections, got {type(entries).__name__}")
     parsed = _parse_video_results_fast(entries, require_labels)
     if parsed is None:
@@ -222,27 +107,27 @@ def _parse_video_results_checked(entries, require_labels, path, video_id):
   for i, det in enumerate(entries):
     field = f"results[{i}]"
     if not isinstance(det, dict):
-      _fail(path, video_id, field, f"expected an object, got {det!r}")
+      annotations_lib.fail(path, video_id, field, f"expected an object, got {det!r}")
     if "segment" not in det:
-      _fail(path, video_id, f"{field}.segment", f"missing in {det!r}")
+      annotations_lib.fail(path, video_id, f"{field}.segment", f"missing in {det!r}")
     if "score" not in det:
-      _fail(path, video_id, f"{field}.score", f"missing in {det!r}")
-    segments[i] = _check_segment(det["segment"], path, video_id, f"{field}.segment")
+      annotations_lib.fail(path, video_id, f"{field}.score", f"missing in {det!r}")
+    segments[i] = annotations_lib.check_segment(det["segment"], path, video_id, f"{field}.segment")
     score = det["score"]
-    if not _is_number(score) or not math.isfinite(score):
-      _fail(path, video_id, f"{field}.score", f"expected a finite number, got {score!r}")
+    if not annotations_lib.is_number(score) or not math.isfinite(score):
+      annotations_lib.fail(path, video_id, f"{field}.score", f"expected a finite number, got {score!r}")
     scores[i] = float(score)
     if "label" in det or require_labels:
       if "label" not in det:
-        _fail(path, video_id, f"{field}.label", f"missing in {det!r}")
-      labels[i] = _check_label(det["label"], path, video_id, f"{field}.label")
+        annotations_lib.fail(path, video_id, f"{field}.label", f"missing in {det!r}")
+      labels[i] = annotations_lib.check_label(det["label"], path, video_id, f"{field}.label")
   return {SEGMENTS: segments, LABELS: labels, SCORES: scores}
 
 
 def load_results(path, require_labels=True):
   """Loads + validates a results JSON -> {video_id: {segments [N,2] float64 seconds,
   labels [N] str, scores [N] float64}}."""
-  return parse_results(_read_json(path, "results"), path=path, require_labels=require_labels)
+  return parse_results(annotations_lib.read_json(path, "results"), path=path, require_labels=require_labels)
 
 
 def results_to_json(results_by_video):
@@ -324,14 +209,14 @@ def _parse_segment_txt(path):
         continue
       field = f"line {line_no}"
       if len(parts) != 3:
-        _fail(path, None, field,
+        annotations_lib.fail(path, None, field,
               f"expected 'video_id start end', got {line.rstrip()!r}")
       video_id = parts[0]
       try:
         values = [float(parts[1]), float(parts[2])]
       except ValueError:
-        _fail(path, video_id, field, f"expected numeric start and end, got {line.rstrip()!r}")
-      start, end = _check_segment(values, path, video_id, field)
+        annotations_lib.fail(path, video_id, field, f"expected numeric start and end, got {line.rstrip()!r}")
+      start, end = annotations_lib.check_segment(values, path, video_id, field)
       out.setdefault(video_id, []).append((start, end))
   return {k: np.asarray(v, np.float64).reshape(-1, 2) for k, v in out.items()}
 

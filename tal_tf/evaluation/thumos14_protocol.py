@@ -25,6 +25,7 @@ detections of other classes are ignored, as the toolkit ignores unknown class id
 
 import numpy as np
 
+from tal_tf.core import segment_ops_np
 from tal_tf.evaluation import activitynet_protocol
 from tal_tf.evaluation import io as eval_io
 
@@ -32,24 +33,17 @@ THUMOS14_TIOU_THRESHOLDS = activitynet_protocol.THUMOS14_TIOU_THRESHOLDS
 
 
 def thumos14_overlap_matrix(a, b):
-  """Toolkit overlap [N, M] of segments a [N,2] vs b [M,2]: inter / hull if inter > 0 else 0."""
-  a = np.asarray(a, np.float64).reshape(-1, 2)
-  b = np.asarray(b, np.float64).reshape(-1, 2)
-  inter = (np.minimum(a[:, None, 1], b[None, :, 1])
-           - np.maximum(a[:, None, 0], b[None, :, 0]))
-  hull = (np.maximum(a[:, None, 1], b[None, :, 1])
-          - np.minimum(a[:, None, 0], b[None, :, 0]))
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return np.where(inter > 0, inter / np.where(hull > 0, hull, 1.0), 0.0)
+  """Toolkit overlap [N, M] of segments a [N,2] vs b [M,2]: the toolkit divides the
+  intersection by the hull (max end - min start), which equals the union whenever they
+  intersect and is 0 otherwise, i.e. the tIoU."""
+  return segment_ops_np.pairwise_tiou(a, b)
 
 
 def _intersects_any(segments, others):
   """[N] True where segments [N,2] intersect (length > 0) any of others [M,2]."""
   if others.shape[0] == 0 or segments.shape[0] == 0:
     return np.zeros(segments.shape[0], bool)
-  inter = (np.minimum(segments[:, None, 1], others[None, :, 1])
-           - np.maximum(segments[:, None, 0], others[None, :, 0]))
-  return (inter > 0).any(axis=1)
+  return (segment_ops_np.intersection(segments, others) > 0).any(axis=1)
 
 
 def thumos14_average_precision(ground_truth, predictions, tiou_thresholds, ambiguous=None):

@@ -35,7 +35,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -134,8 +133,9 @@ def selected_video_ids(fv):
 
 def feature_source(fv, stream_dims):
   """The feature source named by exactly one of --features / --hdf5_features / --tfrecords
-  (/ --video)."""
-  from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
+  (tal_tf.dataset_tools.feature_readers.open_source) / --video; a bad choice is a usage
+  error."""
+  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
   given = [n for n in ("features", "hdf5_features", "tfrecords", "video")
            if getattr(fv, n, None)]
   if len(given) != 1:
@@ -144,15 +144,12 @@ def feature_source(fv, stream_dims):
   video_ids = selected_video_ids(fv)
   if given == ["video"]:
     return _video_source(fv, stream_dims, video_ids)
-  if fv.features:
-    return feature_sources.NpyDirSource(_parse_stream_paths(fv.features), stream_dims,
-                                        fv.feature_fps, video_ids)
-  if fv.hdf5_features:
-    files = fv.hdf5_features
-    if ":" in files and not os.path.isfile(files):
-      files = _parse_stream_paths(files)
-    return feature_sources.Hdf5Source(files, stream_dims, fv.feature_fps, video_ids)
-  return feature_sources.TfRecordSource(fv.tfrecords, stream_dims, video_ids)
+  try:
+    return feature_readers.open_source(
+        stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,
+        tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=video_ids)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def _video_source(fv, stream_dims, video_ids):
@@ -165,25 +162,9 @@ def _video_source(fv, stream_dims, video_ids):
   return video_source.VideoSource(fv.video, extractor, stream_dims, video_ids)
 
 
-def _parse_stream_paths(text):
-  """'rgb:DIR,flow:DIR' -> OrderedDict; a malformed list is a usage error."""
-  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
-  try:
-    return feature_readers.parse_stream_paths(text)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-
-
-def _id_to_name(path):
-  from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
-  if path and os.path.isfile(path):
-    return label_map_util.get_id_to_name(path)
-  logging.warning("no label map found (%s): classes are written as class_<id>", path)
-  return {}
-
-
 def run(fv):
   """Runs inference as configured by parsed flags; returns the InferenceResult."""
+  from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
@@ -200,7 +181,7 @@ def run(fv):
       proposal_nms_iou_threshold=defaults["proposal_nms_iou_threshold"],
       max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],
       progress_every=100)
-  id_to_name = _id_to_name(fv.label_map or detector.label_map_path)
+  id_to_name = label_map_util.id_to_name_if_exists(fv.label_map or detector.label_map_path)
   results = inference_lib.to_results(result.detections, id_to_name)
   eval_io.write_results(fv.output, results)
   if fv.timeline_png and results:

@@ -15,6 +15,8 @@ strictly greater than the threshold, and equal scores keep their input order.
 
 import numpy as np
 
+from tal_tf.core import segment_ops_np
+
 
 def plan_windows(num_steps, window_steps, overlap):
   """Window (start, length) pairs covering [0, num_steps); one window when window_steps <= 0
@@ -31,18 +33,6 @@ def plan_windows(num_steps, window_steps, overlap):
   starts = list(range(0, num_steps - window_steps, stride))
   starts.append(num_steps - window_steps)  # End-aligned last window.
   return [(s, window_steps) for s in starts]
-
-
-def temporal_iou_matrix(a, b):
-  """tIoU between segments a [N, 2] and b [M, 2] -> [N, M] (0 where the union is empty)."""
-  a = np.asarray(a, np.float64).reshape(-1, 2)
-  b = np.asarray(b, np.float64).reshape(-1, 2)
-  inter = np.clip(np.minimum(a[:, None, 1], b[None, :, 1])
-                  - np.maximum(a[:, None, 0], b[None, :, 0]), 0.0, None)
-  union = (a[:, 1] - a[:, 0])[:, None] + (b[:, 1] - b[:, 0])[None, :] - inter
-  with np.errstate(invalid="ignore", divide="ignore"):
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-  return iou
 
 
 def nms(segments, scores, iou_threshold, max_output=None):
@@ -65,7 +55,7 @@ def nms(segments, scores, iou_threshold, max_output=None):
     keep.append(order[i])
     # Suppress the rest of the queue against the newly kept segment, vectorized.
     rest = slice(i + 1, None)
-    iou = temporal_iou_matrix(ordered[i:i + 1], ordered[rest])[0]
+    iou = segment_ops_np.pairwise_tiou(ordered[i:i + 1], ordered[rest])[0]
     alive[rest] &= ~(iou > iou_threshold)
   return np.asarray(keep, np.int64)
 

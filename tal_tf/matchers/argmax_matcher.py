@@ -17,10 +17,12 @@ TAL_NET_PROPOSAL = dict(matched_threshold=0.7, unmatched_threshold=0.3,
 TAL_NET_CLASSIFICATION = dict(matched_threshold=0.5, unmatched_threshold=0.5,
                               force_match_for_each_column=False, strict_positive=True)
 # S-CNN proposal network (Sec. 3.2): positive if highest IoU "larger than 0.7", background if
-# "smaller than 0.3"; a ground truth with no segment above 0.7 gives a positive label to its
-# best segment if that IoU is "higher than 0.5".
+# "smaller than 0.3"; a ground truth with no segment above 0.7 ("if there is no segment that
+# overlaps with a ground truth instance with IoU larger than 0.7") gives a positive label to
+# its best segment if that IoU is "higher than 0.5": forcing only in (0.5, 0.7].
 S_CNN_PROPOSAL = dict(matched_threshold=0.7, unmatched_threshold=0.3,
                       force_match_for_each_column=True, force_match_min_similarity=0.5,
+                      force_match_max_similarity=0.7, force_match_overrides_positives=False,
                       strict_positive=True)
 
 
@@ -40,16 +42,23 @@ class ArgMaxMatcher(matcher.Matcher):
   for that column if that best similarity is > force_match_min_similarity, overriding the row's
   threshold label (like Faster R-CNN). The default 0.0 forces every ground truth that overlaps
   any anchor at all; a ground truth that overlaps no anchor is not forced, since a regression
-  target from a disjoint anchor is meaningless (pass e.g. -1.0 to force even then). S-CNN forces
-  only ground truth without a segment above 0.7 and only above 0.5: using 0.5 here is the same
-  rule, because a ground truth whose best row is above 0.7 already has that row positive (the
-  only difference is which ground truth a row shared by two overlapping ground truths maps to).
+  target from a disjoint anchor is meaningless (pass e.g. -1.0 to force even then). A column
+  forces only while its best similarity is <= force_match_max_similarity (default: no upper
+  bound, Faster R-CNN's rule). S-CNN forces only ground truth without a segment above 0.7 and
+  only above 0.5, i.e. min 0.5 and max 0.7: a ground truth whose best row is above 0.7 then
+  leaves that row's own argmax label alone (without the bound it would pull a row shared by
+  two overlapping ground truths to itself).
   When several columns force the same row, the row goes to the column it overlaps most.
+  force_match_overrides_positives=False leaves rows that are already positive (above
+  matched_threshold with their own best column) alone: S-CNN's rule (1) labels such a window
+  by its highest-tIoU ground truth, and a forced ground truth's best window is then positive
+  already (with the label of the ground truth it overlaps more).
   """
 
   def __init__(self, matched_threshold, unmatched_threshold=None,
                force_match_for_each_column=False, force_match_min_similarity=0.0,
-               strict_positive=True):
+               strict_positive=True, force_match_max_similarity=math.inf,
+               force_match_overrides_positives=True):
     """Thresholds on similarity; unmatched_threshold defaults to matched_threshold."""
     if unmatched_threshold is None:
       unmatched_threshold = matched_threshold
@@ -76,6 +85,17 @@ class ArgMaxMatcher(matcher.Matcher):
     self._unmatched_threshold = unmatched_threshold
     self._force_match_for_each_column = bool(force_match_for_each_column)
     self._force_match_min_similarity = force_match_min_similarity
+    try:
+      force_match_max_similarity = float(force_match_max_similarity)
+    except (TypeError, ValueError):
+      raise ValueError(f"force_match_max_similarity: expected a number, got "
+                       f"{force_match_max_similarity!r}") from None
+    if not force_match_max_similarity > force_match_min_similarity:
+      raise ValueError(
+          f"force_match_max_similarity ({force_match_max_similarity}) must be > "
+          f"force_match_min_similarity ({force_match_min_similarity})")
+    self._force_match_max_similarity = force_match_max_similarity
+    self._force_match_overrides_positives = bool(force_match_overrides_positives)
     self._strict_positive = bool(strict_positive)
 
   @property
@@ -115,12 +135,16 @@ class ArgMaxMatcher(matcher.Matcher):
     col_best_row = tf.argmax(padded, axis=1, output_type=tf.int32)           # [B, M]
     col_best_sim = tf.reduce_max(padded, axis=1)                              # [B, M]
     forcing = tf.logical_and(valid_columns, col_best_sim > self._force_match_min_similarity)
+    if self._force_match_max_similarity != math.inf:
+      forcing = tf.logical_and(forcing, col_best_sim <= self._force_match_max_similarity)
     # forced_by[b, n, m]: column m forces row n.
     forced_by = tf.logical_and(
         tf.transpose(tf.one_hot(col_best_row, num_rows, on_value=True, off_value=False,
                                 dtype=tf.bool), [0, 2, 1]),
         forcing[:, tf.newaxis, :])
     row_forced = tf.reduce_any(forced_by, axis=2)                             # [B, N]
+    if not self._force_match_overrides_positives:
+      row_forced = tf.logical_and(row_forced, results < 0)
     forced_col, _ = matcher.best_columns(
         tf.where(forced_by, similarity, tf.constant(matcher.MASKED_SIMILARITY, tf.float32)))
     return tf.where(row_forced, forced_col, results)

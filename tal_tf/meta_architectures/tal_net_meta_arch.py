@@ -13,6 +13,13 @@ Fusion of several streams:
     encodings are averaged likewise.
   * EARLY: streams are concatenated along channels and go through one network.
 
+Proposals only (`number_of_stages=1`, as the Object Detection API's Faster R-CNN offers): no
+classifier is built or trained; `postprocess` returns the proposals themselves as detections,
+class-agnostic, every one with class id 1 (standing for "an action", whatever the label map
+calls id 1), so the detection fields keep their contract; the proposal fields are returned
+too, and AR@AN (computed from them) is the metric to read -- per-class detection mAP of such
+a model is not meaningful.
+
 Training never needs ground truth in `predict`: the classifier runs on all (at most 300)
 proposals and `loss` samples the 64-proposal mini-batch from them, so the graph has no hidden
 ground-truth state and inference and training share one forward pass.
@@ -30,6 +37,12 @@ from tal_tf.meta_architectures import meta_arch
 
 FUSION_LATE = "late"
 FUSION_EARLY = "early"
+# Anchors that cross the video boundary (start < 0 or end > num_steps):
+#   KEEP: they are trained and decoded like any other anchor (default: see `__init__`).
+#   DROP_AND_CLIP: the Object Detection API's Faster R-CNN behaviour: left out of training
+#     (no loss, no proposals), clipped to the video before decoding at inference.
+CROSS_BOUNDARY_KEEP = "keep"
+CROSS_BOUNDARY_DROP_AND_CLIP = "drop_and_clip"
 
 
 class TalNetMetaArch(meta_arch.TemporalDetectionModel):
@@ -59,6 +72,8 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
                first_stage_localization_weight=1.0,
                second_stage_classification_weight=1.0,
                second_stage_localization_weight=1.0,
+               cross_boundary_anchors=CROSS_BOUNDARY_KEEP,
+               number_of_stages=2,
                name="tal_net"):
     """Builds TAL-Net.
 
@@ -69,9 +84,19 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
       anchor_generator: AnchorGenerator (anchors in feature steps, location-major).
       segment_coder: SegmentCoder used by both stages.
       branch_builder: callable(branch_name) -> (reducer, spn, classifier_head) Keras layers
-        for one fusion branch (one per stream for late fusion, one for early fusion).
+        for one fusion branch (one per stream for late fusion, one for early fusion);
+        classifier_head is None with number_of_stages=1.
       first_stage_target_assigner / second_stage_target_assigner: TargetAssigners.
       first_stage_sampler / second_stage_sampler: BalancedPositiveNegativeSamplers.
+      cross_boundary_anchors: "keep" (default) or "drop_and_clip" (see the constants above).
+        The paper does not say; "keep" is the default because a tower's receptive field is
+        built to equal its anchor's span, so an anchor near the edge is still an aligned,
+        well-defined example (its receptive field sees the zero padding, like the convs), and
+        on short videos or windows "drop" would remove every long anchor of the edge steps
+        (a 16-step anchor needs 8 steps of video on both sides). Proposals are clipped to the
+        video after decoding in both modes.
+      number_of_stages: 2 (proposals + classifier, the paper's) or 1 (proposals only: the
+        second-stage arguments are unused; see the module docstring).
       The rest: NMS, SoI pooling and loss-weight settings (defaults are the paper's).
     """
     super().__init__(name=name)
@@ -81,6 +106,14 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
       raise ValueError("tal_net: at least one stream name is required")
     if fusion not in (FUSION_LATE, FUSION_EARLY):
       raise ValueError(f"tal_net: fusion must be 'late' or 'early', got {fusion!r}")
+    if cross_boundary_anchors not in (CROSS_BOUNDARY_KEEP, CROSS_BOUNDARY_DROP_AND_CLIP):
+      raise ValueError(f"tal_net: cross_boundary_anchors must be {CROSS_BOUNDARY_KEEP!r} or "
+                       f"{CROSS_BOUNDARY_DROP_AND_CLIP!r}, got {cross_boundary_anchors!r}")
+    self._cross_boundary = cross_boundary_anchors
+    if number_of_stages not in (1, 2):
+      raise ValueError(f"tal_net: number_of_stages must be 1 (proposals only) or 2, got "
+                       f"{number_of_stages!r}")
+    self._number_of_stages = int(number_of_stages)
     self._num_classes = int(num_classes)
     self._stream_names = tuple(stream_names)
     self._fusion = fusion
@@ -109,9 +142,14 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     self._reducers, self._spns, self._heads = [], [], []
     for branch in self._branch_names:
       reducer, spn, head = branch_builder(branch)
+      if (head is None) != (self._number_of_stages == 1):
+        raise ValueError(f"tal_net: branch_builder must return a classifier head exactly when "
+                         f"number_of_stages is 2; number_of_stages={self._number_of_stages}, "
+                         f"head={head!r}")
       self._reducers.append(reducer)
       self._spns.append(spn)
-      self._heads.append(head)
+      if head is not None:
+        self._heads.append(head)
 
   @property
   def num_classes(self):
@@ -126,8 +164,12 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     return self._fusion
 
   @property
+  def number_of_stages(self):
+    return self._number_of_stages
+
+  @property
   def max_detections(self):
-    return self._max_total
+    return self._max_total if self._number_of_stages == 2 else self._max_proposals
 
   @property
   def optional_outputs(self):
@@ -136,7 +178,12 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
 
   @property
   def window_merge(self):
-    # Windows merge with the second stage's NMS threshold; proposals with the SPN's.
+    # Windows merge with the second stage's NMS threshold; proposals with the SPN's (and so
+    # do the detections of a proposals-only model, which are its proposals).
+    if self._number_of_stages == 1:
+      return dict(nms_iou_threshold=self._first_nms_iou, max_detections=self._max_proposals,
+                  proposal_nms_iou_threshold=self._first_nms_iou,
+                  max_proposals=self._max_proposals)
     return dict(nms_iou_threshold=self._second_nms_iou, max_detections=self._max_total,
                 proposal_nms_iou_threshold=self._first_nms_iou,
                 max_proposals=self._max_proposals)
@@ -160,8 +207,10 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     """Runs both stages.
 
     Returns a dict with: anchors [N,2]; objectness_logits [B,N,2]; anchor_box_encodings
-    [B,N,2]; num_valid_anchors [B]; proposal_segments [B,P,2] (steps); proposal_scores [B,P];
-    num_proposals [B]; class_logits [B,P,C+1]; refined_box_encodings [B,P,C,2].
+    [B,N,2]; num_valid_anchors [B]; anchor_valid [B,N] (anchors on real steps that take part
+    in training and proposals); proposal_segments [B,P,2] (steps); proposal_scores [B,P];
+    num_proposals [B]; with two stages also class_logits [B,P,C+1] and refined_box_encodings
+    [B,P,C,2].
     """
     num_steps = tf.cast(num_steps, tf.int32)
     maps = self._branch_inputs(features)
@@ -183,47 +232,91 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     objectness_logits = tf.add_n([o[0] for o in spn_out]) / float(len(spn_out))
     anchor_box_encodings = tf.add_n([o[1] for o in spn_out]) / float(len(spn_out))
 
+    anchor_valid, decode_anchors = self._anchors_for_videos(
+        anchors, num_steps, num_valid_anchors, training)
     proposals, proposal_scores, num_proposals = self._proposals(
-        anchors, objectness_logits, anchor_box_encodings, num_steps, num_valid_anchors)
+        decode_anchors, objectness_logits, anchor_box_encodings, num_steps, anchor_valid)
 
-    class_logits, refined = self._classify(maps, proposals, num_steps, training)
-    return {
+    predictions = {
         "anchors": anchors,
         "objectness_logits": objectness_logits,
         "anchor_box_encodings": anchor_box_encodings,
         "num_valid_anchors": num_valid_anchors,
+        "anchor_valid": anchor_valid,
         "proposal_segments": proposals,
         "proposal_scores": proposal_scores,
         "num_proposals": num_proposals,
-        "class_logits": class_logits,
-        "refined_box_encodings": refined,
     }
+    if self._number_of_stages == 2:
+      predictions["class_logits"], predictions["refined_box_encodings"] = self._classify(
+          maps, proposals, num_steps, training, num_proposals)
+    return predictions
 
-  def _proposals(self, anchors, objectness_logits, box_encodings, num_steps, num_valid):
-    """Decodes anchors, clips to the video, NMS at tIoU 0.7, keeps the top proposals."""
+  def _anchors_for_videos(self, anchors, num_steps, num_valid_anchors, training):
+    """Per video: which anchors count (bool [B, N]) and the anchors to decode ([B, N, 2]).
+
+    Anchors on padded steps never count. With DROP_AND_CLIP, anchors crossing the video's
+    boundary do not count in training and are clipped to [0, num_steps] at inference.
+    """
+    batch = tf.shape(num_steps)[0]
+    n = tf.shape(anchors)[0]
+    valid = tf.sequence_mask(num_valid_anchors, n)
+    tiled = tf.broadcast_to(anchors[tf.newaxis], tf.stack([batch, n, 2]))
+    if self._cross_boundary == CROSS_BOUNDARY_DROP_AND_CLIP:
+      zeros, length = tf.zeros([batch]), tf.cast(num_steps, tf.float32)
+      if training:
+        valid = tf.logical_and(valid, segment_ops.inside_window(tiled, zeros, length))
+      else:
+        tiled = segment_ops.clip_to_window(tiled, zeros, length)
+    return valid, tiled
+
+  def _proposals(self, anchors, objectness_logits, box_encodings, num_steps, anchor_valid):
+    """Decodes anchors [B, N, 2], clips to the video, NMS at tIoU 0.7, keeps the top ones.
+
+    Only anchors with `anchor_valid` [B, N] can become proposals.
+    """
     batch = tf.shape(box_encodings)[0]
-    tiled = tf.broadcast_to(anchors[tf.newaxis], tf.shape(box_encodings))
-    decoded = self._coder.decode(box_encodings, tiled)
+    decoded = self._coder.decode(box_encodings, anchors)
     length = tf.cast(num_steps, tf.float32)
     decoded = segment_ops.clip_to_window(decoded, tf.zeros([batch]), length)
     # Proposals are fixed inputs to stage 2 (as in Faster R-CNN's approximate joint
     # training): no gradient flows through their coordinates.
     decoded = tf.stop_gradient(decoded)
     scores = tf.stop_gradient(tf.nn.softmax(objectness_logits)[..., 1])
+    # -inf scores are never NMS candidates (the kernel keeps scores > -inf only).
+    scores = tf.where(anchor_valid, scores, -float("inf"))
     segments, scores, _, num = post_processing.batch_class_agnostic_nms(
-        decoded, scores, num_valid,
+        decoded, scores, tf.fill([batch], tf.shape(scores)[1]),
         iou_threshold=self._first_nms_iou,
         max_output=self._max_proposals)
     return segments, scores, num
 
-  def _classify(self, maps, proposals, num_steps, training):
-    """SoI pooling + classifier per branch, logits averaged across branches."""
+  def _classify(self, maps, proposals, num_steps, training, num_proposals=None):
+    """SoI pooling + classifier per branch, logits averaged across branches.
+
+    With `num_proposals` [B], only the first max(num_proposals) proposal slots are pooled
+    and classified (the rest are padding in every video of the batch) and the outputs are
+    zero-padded back to P slots: each slot's outputs depend on its proposal alone.
+    """
+    if num_proposals is not None:
+      p = tf.shape(proposals)[1]
+      used = tf.reduce_max(tf.concat([num_proposals, [0]], axis=0))
+      logits, encodings = self._classify(maps, proposals[:, :used], num_steps, training)
+      logits = tf.pad(logits, [[0, 0], [0, p - used], [0, 0]])
+      encodings = tf.pad(encodings, [[0, 0], [0, p - used], [0, 0], [0, 0]])
+      logits.set_shape(proposals.shape[:2].concatenate(logits.shape[2:]))
+      encodings.set_shape(proposals.shape[:2].concatenate(encodings.shape[2:]))
+      return logits, encodings
+    # Every branch pools the same proposals: one pooling over the streams concatenated along
+    # channels computes the sample positions and weights once and gathers once (pooling
+    # acts on each channel alone, so the values are those of pooling each stream apart).
+    pooled = soi_pooling.soi_pooling(
+        maps[0] if len(maps) == 1 else tf.concat(maps, axis=-1), proposals, num_steps,
+        num_bins=self._soi_num_bins, context_fraction=self._soi_context)
+    pooled = tf.split(pooled, [m.shape[-1] for m in maps], axis=-1) if len(maps) > 1 else [pooled]
     logits, encodings = [], []
-    for head, m in zip(self._heads, maps):
-      pooled = soi_pooling.soi_pooling(
-          m, proposals, num_steps, num_bins=self._soi_num_bins,
-          context_fraction=self._soi_context)
-      cls, enc = head(pooled, training=training)
+    for head, branch_pooled in zip(self._heads, pooled):
+      cls, enc = head(branch_pooled, training=training)
       logits.append(cls)
       encodings.append(enc)
     n = float(len(logits))
@@ -240,14 +333,15 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     gt_labels = tf.cast(groundtruth[InputFields.labels], tf.int32)
     num_gt = tf.cast(groundtruth[InputFields.num_segments], tf.int32)
     first = self._first_stage_loss(predictions, gt_segments, num_gt)
-    second = self._second_stage_loss(predictions, gt_segments, gt_labels, num_gt)
     w = self._weights
     out = {
         "first_stage_classification_loss": w["first_cls"] * first[0],
         "first_stage_localization_loss": w["first_loc"] * first[1],
-        "second_stage_classification_loss": w["second_cls"] * second[0],
-        "second_stage_localization_loss": w["second_loc"] * second[1],
     }
+    if self._number_of_stages == 2:
+      second = self._second_stage_loss(predictions, gt_segments, gt_labels, num_gt)
+      out["second_stage_classification_loss"] = w["second_cls"] * second[0]
+      out["second_stage_localization_loss"] = w["second_loc"] * second[1]
     out["total_loss"] = tf.add_n(list(out.values()))
     return out
 
@@ -258,8 +352,7 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
   def _first_stage_loss(self, predictions, gt_segments, num_gt):
     logits = predictions["objectness_logits"]
     encodings = predictions["anchor_box_encodings"]
-    n = tf.shape(logits)[1]
-    valid = self._valid_mask(predictions["num_valid_anchors"], n)
+    valid = predictions["anchor_valid"]
     ones = tf.ones_like(gt_segments[..., 0], tf.int32)
     # Anchors on padded steps take no part in matching (nor in forced matches).
     targets = self._first_assigner.assign(predictions["anchors"], gt_segments, ones, num_gt,
@@ -299,7 +392,12 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     return cls, loc
 
   def postprocess(self, predictions, num_steps, feature_fps):
-    """Class-specific decoding, per-class NMS, segments in seconds; ids are label-map ids."""
+    """Class-specific decoding, per-class NMS, segments in seconds; ids are label-map ids.
+
+    With number_of_stages=1 the detections are the proposals, class id 1 (module docstring).
+    """
+    if self._number_of_stages == 1:
+      return self._proposals_as_detections(predictions, feature_fps)
     proposals = predictions["proposal_segments"]  # [B, P, 2]
     refined = predictions["refined_box_encodings"]  # [B, P, C, 2]
     probs = tf.nn.softmax(predictions["class_logits"])[..., 1:]  # [B, P, C]
@@ -321,14 +419,34 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     num = dets["num_detections"]
     valid = tf.sequence_mask(num, tf.shape(dets["detection_scores"])[1])
     classes = tf.where(valid, tf.cast(dets["detection_classes"], tf.int32) + 1, 0)
-    return {
+    out = self._proposal_outputs(predictions, feature_fps)
+    out.update({
         DetectionFields.detection_segments: segment_ops.steps_to_seconds(
             dets["detection_segments"], fps),
         DetectionFields.detection_scores: dets["detection_scores"],
         DetectionFields.detection_classes: classes,
         DetectionFields.num_detections: num,
+    })
+    return out
+
+  def _proposal_outputs(self, predictions, feature_fps):
+    """The optional proposal fields (segments in seconds)."""
+    return {
         DetectionFields.proposal_segments: segment_ops.steps_to_seconds(
-            predictions["proposal_segments"], fps),
+            predictions["proposal_segments"], tf.cast(feature_fps, tf.float32)),
         DetectionFields.proposal_scores: predictions["proposal_scores"],
         DetectionFields.num_proposals: predictions["num_proposals"],
     }
+
+  def _proposals_as_detections(self, predictions, feature_fps):
+    """Proposals-only outputs: detections = proposals (already NMSed, sorted), class id 1."""
+    out = self._proposal_outputs(predictions, feature_fps)
+    num = out[DetectionFields.num_proposals]
+    valid = tf.sequence_mask(num, tf.shape(out[DetectionFields.proposal_scores])[1])
+    out.update({
+        DetectionFields.detection_segments: out[DetectionFields.proposal_segments],
+        DetectionFields.detection_scores: out[DetectionFields.proposal_scores],
+        DetectionFields.detection_classes: tf.cast(valid, tf.int32),
+        DetectionFields.num_detections: num,
+    })
+    return out

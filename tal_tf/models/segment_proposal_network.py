@@ -43,6 +43,13 @@ half of the two neighbours; no set of n whole steps is centred on it. With round
 output t sees steps [t - n/2 + 1, t + n/2] (a half-step shift). rounding='odd' uses the
 smallest odd RF >= n (n + 1 for even n), symmetric around t, covering every step the anchor
 touches. Odd n is centred exactly in both modes.
+
+rounding='paper' is the paper's plan taken literally, for comparison: with span n (s, or 2s
+with context) and u = n/6, pool = r1 = max(1, round(u)) and r2 = 2 * r1 (half-up rounding of
+u; r2 is kept at exactly twice r1, as the paper writes r2 = (s/6) x 2), two kernel-3 convs
+for every scale. Its receptive field is 7 * r1 (7n/6 when 6 divides n; for small spans much
+more, e.g. 7 steps for a 1-step anchor without context); when r1 is even the pool kernel is
+even and, as in 'exact', the extra step falls on the right.
 """
 import collections
 
@@ -53,7 +60,7 @@ from tal_tf.models import layer_config
 
 DEFAULT_SCALES = (1, 2, 3, 4, 5, 6, 8, 11, 16)
 VARIANTS = ("multi_dilated", "multi_tconv", "single_tconv", "single")
-ROUNDINGS = ("exact", "odd")
+ROUNDINGS = ("exact", "odd", "paper")
 
 # pool_size: max-pooling kernel (1 = no pooling layer); kernel_sizes / dilation_rates: the two
 # temporal convs, in order.
@@ -85,6 +92,14 @@ def anchor_span(scale, use_context):
   return 2 * scale if use_context else scale
 
 
+def paper_tower_plan(span):
+  """The paper's literal TowerPlan for `span`: pool = r1 = max(1, round(span/6)), r2 = 2 * r1."""
+  _check_positive_int("span", span)
+  # Half-up rounding (Python's round() is half-to-even, which would make 3/6 -> 0).
+  unit = max(1, int(span / 6.0 + 0.5))
+  return TowerPlan(unit, (3, 3), (unit, 2 * unit))
+
+
 def dilated_tower_plan(span, rounding="exact"):
   """TowerPlan (pool, kernels, dilations) whose receptive field is `span` steps (see module doc).
 
@@ -100,6 +115,8 @@ def dilated_tower_plan(span, rounding="exact"):
   """
   _check_positive_int("span", span)
   _check_choice("rounding", rounding, ROUNDINGS)
+  if rounding == "paper":
+    return paper_tower_plan(span)
   target = span if (rounding == "exact" or span % 2 == 1) else span + 1
   unit = target / 7.0  # the paper's pool : r1 : r2 = 1 : 1 : 2 scaled to RF == target
   best_key, best_plan = None, None
@@ -151,8 +168,9 @@ class TemporalConv(tf_keras.layers.Conv1D):
   Measured here (CPU, [1, 300, 256], 256 filters): for dilation 1, tf.nn.conv1d halves the
   forward time of Keras' tf.nn.convolution path with an equal backward pass; for dilations
   > 1, conv1d's native dilation speeds up the forward pass but slows the backward pass by
-  ~30 %, so those keep Keras' path (SpaceToBatch), which favours training. Same weights
-  either way, so checkpoints are compatible.
+  ~30 %, so layer calls keep Keras' path (SpaceToBatch), which favours training, and
+  `inference_call` (used when not training) takes the native one. Same weights either way,
+  so checkpoints are compatible.
   """
 
   def convolution_op(self, inputs, kernel):
@@ -160,6 +178,14 @@ class TemporalConv(tf_keras.layers.Conv1D):
       return super().convolution_op(inputs, kernel)
     return tf.nn.conv1d(inputs, kernel, stride=list(self.strides),
                         padding=self.padding.upper())
+
+  def inference_call(self, inputs):
+    """The layer's output through tf.nn.conv1d with native dilation (forward-only path)."""
+    outputs = tf.nn.conv1d(inputs, self.kernel, stride=list(self.strides),
+                           padding=self.padding.upper(), dilations=list(self.dilation_rate))
+    if self.use_bias:
+      outputs = tf.nn.bias_add(outputs, self.bias)
+    return self.activation(outputs) if self.activation is not None else outputs
 
 
 def build_tower_layers(plan, filters, name="tower", kernel_initializer="glorot_uniform",
@@ -231,22 +257,30 @@ class _Tower(tf_keras.layers.Layer):
       shape = layer.compute_output_shape(shape)
     super().build(input_shape)
 
-  def call(self, inputs, valid=None):
-    """Applies the layers in order.
+  def call(self, inputs, valid=None, training=None):
+    """Applies the layers in order (dilated convs take their forward-only path unless training).
 
     `valid` [B, T, 1] bool marks real (unpadded) steps. With it, every layer's output is
     zeroed on padded steps and max pooling never picks a padded step, so a video padded
     into a batch sees exactly the zero 'same' padding it would see alone: batched outputs
     equal per-video outputs. `inputs` must already be zero on padded steps.
     """
-    outputs = inputs
-    for layer in self.tower_layers:
-      if valid is not None and isinstance(layer, tf_keras.layers.MaxPool1D):
-        outputs = tf.where(valid, outputs, tf.float32.min)
+    return _apply_layers(self.tower_layers, inputs, valid, training)
+
+
+def _apply_layers(layers, inputs, valid, training):
+  """_Tower.call's body: `layers` in order, masked between layers when `valid` is given."""
+  outputs = inputs
+  for layer in layers:
+    if valid is not None and isinstance(layer, tf_keras.layers.MaxPool1D):
+      outputs = tf.where(valid, outputs, tf.float32.min)
+    if not training and isinstance(layer, TemporalConv):
+      outputs = layer.inference_call(outputs)
+    else:
       outputs = layer(outputs)
-      if valid is not None:
-        outputs = tf.where(valid, outputs, 0.0)
-    return outputs
+    if valid is not None:
+      outputs = tf.where(valid, outputs, 0.0)
+  return outputs
 
 
 class SegmentProposalNetwork(tf_keras.layers.Layer):
@@ -336,22 +370,54 @@ class SegmentProposalNetwork(tf_keras.layers.Layer):
     `num_steps` [B] (optional) gives each video's valid length in a padded batch; padded
     steps are masked between layers so each video's outputs equal those it gets alone.
     """
-    del training  # no dropout / batch norm in the SPN
+    # No dropout / batch norm in the SPN; `training` only picks the convs' fast path.
     features = tf.convert_to_tensor(features)
     valid = None
     if num_steps is not None:
       valid = tf.sequence_mask(num_steps, tf.shape(features)[1])[..., tf.newaxis]
       features = tf.where(valid, features, 0.0)
-    if self.multi_tower:
-      hidden = [tower(features, valid=valid) for tower in self.towers]
+    if self.multi_tower and not training:
+      logits, boxes = self._multi_tower_inference(features, valid)
+    elif self.multi_tower:
+      hidden = [tower(features, valid=valid, training=training) for tower in self.towers]
       logits = tf.stack([head(h) for head, h in zip(self.class_heads, hidden)], axis=2)
       boxes = tf.stack([head(h) for head, h in zip(self.box_heads, hidden)], axis=2)
     else:
-      hidden = self.towers[0](features, valid=valid)
+      hidden = self.towers[0](features, valid=valid, training=training)
       logits = self.class_heads[0](hidden)
       boxes = self.box_heads[0](hidden)
     return (self._flatten_anchors(logits, features, self.num_classes_out),
             self._flatten_anchors(boxes, features, self.code_size))
+
+  def _multi_tower_inference(self, features, valid):
+    """Forward-only multi-tower pass: (logits [B, T, K, C], boxes [B, T, K, code]).
+
+    Computes what the towers and heads compute layer by layer, with fewer ops: towers with
+    the same pooling size share one pooled input (it is the same tensor), and the K pairs of
+    kernel-1 heads run as one batched matmul over the K hidden maps.
+    """
+    pooled = {}
+    hidden = []
+    for tower in self.towers:
+      layers = tower.tower_layers
+      if isinstance(layers[0], tf_keras.layers.MaxPool1D):
+        size = layers[0].pool_size[0]
+        if size not in pooled:
+          pooled[size] = _apply_layers(layers[:1], features, valid, training=False)
+        hidden.append(_apply_layers(layers[1:], pooled[size], valid, training=False))
+      else:
+        hidden.append(_apply_layers(layers, features, valid, training=False))
+    dynamic = tf.shape(features)
+    num_scales = len(self.towers)
+    stacked = tf.reshape(tf.stack(hidden), tf.stack([num_scales, -1, self.filters]))
+    kernel = tf.stack([tf.concat([c.kernel[0], b.kernel[0]], axis=-1)
+                       for c, b in zip(self.class_heads, self.box_heads)])  # [K, F, C + code]
+    bias = tf.stack([tf.concat([c.bias, b.bias], axis=-1)
+                     for c, b in zip(self.class_heads, self.box_heads)])[:, tf.newaxis]
+    out = tf.matmul(stacked, kernel) + bias  # [K, B*T, C + code]
+    out = tf.reshape(out, tf.stack([num_scales, dynamic[0], dynamic[1], -1]))
+    out = tf.transpose(out, [1, 2, 0, 3])  # [B, T, K, C + code]
+    return out[..., :self.num_classes_out], out[..., self.num_classes_out:]
 
   def _flatten_anchors(self, values, features, channels):
     """[B, T, K, C] or [B, T, K*C] -> [B, T*K, C], row t*K + k (location-major)."""

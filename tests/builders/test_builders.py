@@ -36,8 +36,10 @@ def test_every_shipped_config_builds_and_runs(path):
   feats = {s: tf.zeros([1, 20, d]) for s, d in dims.items()}
   preds = model.predict(feats, tf.constant([20]))
   dets = model.postprocess(preds, tf.constant([20]), tf.constant([1.0]))
-  assert model.num_classes == config.model.tal_net.num_classes
-  assert preds["class_logits"].shape[-1] == model.num_classes + 1
+  arch = config.model.WhichOneof("model")
+  assert model.num_classes == getattr(config.model, arch).num_classes
+  if arch == "tal_net":
+    assert preds["class_logits"].shape[-1] == model.num_classes + 1
   assert int(dets["num_detections"][0]) >= 0
 
 
@@ -115,14 +117,17 @@ def test_piecewise_schedule_validates_lengths():
         learning_rate { piecewise_constant { boundaries: [10] values: [0.1] } }"""))
 
 
-def test_reserved_meta_architectures_fail_clearly():
-  for name in ("scnn", "wtal", "etp"):
-    config = model_pb2.Model()
-    getattr(config, name).SetInParent()
-    with pytest.raises(NotImplementedError, match=name):
-      model_builder.build(config)
+def test_missing_or_unknown_meta_architectures_fail_clearly():
   with pytest.raises(ValueError, match="meta-architecture"):
     model_builder.build(model_pb2.Model())
+  config = model_pb2.Model()
+  config.external.module = "tal_tf.builders.meta_arch_registry"
+  config.external.name = "nonexistent"
+  with pytest.raises(KeyError, match="registered: .*etp.*scnn.*tal_net.*wtal"):
+    model_builder.build(config)
+  config.external.module = "no_such_module_anywhere"
+  with pytest.raises(ValueError, match="cannot import 'no_such_module_anywhere'"):
+    model_builder.build(config)
 
 
 def test_non_integer_tal_net_scale_is_rejected():
@@ -130,4 +135,27 @@ def test_non_integer_tal_net_scale_is_rejected():
       'model { tal_net { num_classes: 2 streams: "rgb" anchor_generator { '
       'multiscale_anchor_generator { scales: [1, 2.5] } } } }')
   with pytest.raises(ValueError, match="whole numbers"):
+    model_builder.build(config.model)
+
+
+@pytest.mark.parametrize("plan,rounding", [("", "exact"), ("spn_tower_plan: ODD_SPAN", "odd"),
+                                           ("spn_tower_plan: PAPER_LITERAL", "paper")])
+def test_tal_net_spn_tower_plan_reaches_the_spn(plan, rounding):
+  config = config_util.parse_pipeline_text(
+      'model { tal_net { num_classes: 2 streams: "rgb" streams: "flow" anchor_generator { '
+      'multiscale_anchor_generator { scales: [1, 4, 16] } } %s } }' % plan)
+  model = model_builder.build(config.model)
+  spns = model._spns  # pylint: disable=protected-access
+  assert len(spns) == 2 and all(spn.rounding == rounding for spn in spns)
+  # The towers built are that plan's: scale 16 with context (span 32).
+  expected = {"exact": (4, (3, 3), (4, 10)), "odd": None, "paper": (5, (3, 3), (5, 10))}
+  if expected[rounding]:
+    assert tuple(spns[0].plans[2]) == expected[rounding]
+
+
+def test_tal_net_spn_tower_plan_needs_dilated_towers():
+  config = config_util.parse_pipeline_text(
+      'model { tal_net { num_classes: 2 streams: "rgb" spn_variant: MULTI_TCONV '
+      'spn_context: false spn_tower_plan: PAPER_LITERAL } }')
+  with pytest.raises(ValueError, match="spn_tower_plan"):
     model_builder.build(config.model)

@@ -35,7 +35,10 @@ TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
 Case = collections.namedtuple("Case", ["name", "config", "steps_per_phase", "kill_in_last"])
 CASES = [
     Case("tal_net", os.path.join(REPO, "configs", "tal_net_embedded.config"), 4, False),
+    Case("wtal", os.path.join(REPO, "configs", "wtal_embedded.config"), 4, False),
     Case("toy", TOY_CONFIG, 4, True),
+    Case("scnn", os.path.join(REPO, "configs", "scnn_embedded.config"), 4, False),
+    Case("etp", os.path.join(REPO, "configs", "etp_embedded.config"), 4, False),
 ]
 
 

@@ -102,6 +102,45 @@ def test_scnn_loss_matches_numpy():
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_scnn_loss_gradient_matches_numpy_finite_difference():
+  # d L / d logits of Eq. 1 (the paper's Eq. 4 gradient at fc8) by central differences of a
+  # float64 numpy implementation of Eq. 1-3.
+  rng = np.random.default_rng(7)
+  logits = rng.normal(size=[1, 4, 5])
+  labels = np.array([[2, 0, 4, 1]])
+  overlaps = np.array([[0.8, 0.0, 0.55, 1.0]])
+  weights = np.array([[1.0, 1.0, 1.0, 0.0]])
+  alpha, lam = 0.25, 1.0
+
+  def np_loss(z):
+    total = 0.0
+    for n in range(4):
+      log_p = np_log_softmax(z[0, n])[labels[0, n]]
+      term = -log_p
+      if labels[0, n] > 0:
+        term += lam * 0.5 * (math.exp(2 * log_p) / overlaps[0, n] ** alpha - 1.0)
+      total += weights[0, n] * term
+    return total / weights.sum()
+
+  x = tf.constant(logits, tf.float64)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    loss = losses.weighted_mean(
+        losses.scnn_localization_loss(x, labels, tf.constant(overlaps, tf.float64),
+                                      tf.constant(weights, tf.float64), alpha=alpha,
+                                      overlap_weight=lam), tf.constant(weights, tf.float64))
+  got = tape.gradient(loss, x).numpy()
+  want = np.zeros_like(logits)
+  eps = 1e-6
+  for index in np.ndindex(logits.shape):
+    up, down = logits.copy(), logits.copy()
+    up[index] += eps
+    down[index] -= eps
+    want[index] = (np_loss(up) - np_loss(down)) / (2 * eps)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+  assert np.all(got[0, 3] == 0) and np.abs(got[0, 0]).sum() > 0
+
+
 @pytest.mark.parametrize("overlap", [0.9, 0.7, 0.5])
 def test_scnn_loss_minimum_at_sqrt_v_alpha(overlap):
   # S-CNN Sec. 3.2: with lambda = 1 a positive's loss is minimal at P = sqrt(v^alpha).
@@ -160,8 +199,21 @@ def test_contrastive_and_triplet_hand_worked():
   np.testing.assert_allclose(losses.class_specific_squared_distance(u, v, w).numpy(), 16.0)
 
 
+def np_squared_distance(u, v, c, distance, kernel=None, factors=None):
+  """D_c^2(u, v) for the paper's distance (Eq. 10-11) and the Fig. 3 alternatives."""
+  if distance == "class_specific":
+    return np.dot(kernel[:, c], u - v) ** 2
+  if distance == "euclidean":
+    return np.sum((u - v) ** 2)
+  if distance == "cosine":
+    cos = np.dot(u, v) / (np.linalg.norm(u) * np.linalg.norm(v))
+    return (1.0 - cos) ** 2
+  metric = factors[c].T @ factors[c]  # M_c
+  return (u - v) @ metric @ (u - v)
+
+
 def np_class_metric_loss(embeddings, activations, num_steps, labels, kernel, margin,
-                         loss_type):
+                         loss_type, distance="class_specific", factors=None):
   """The metric-learning paper's Sec. 3.4, written with loops."""
   batch, _, num_classes = activations.shape
   z_pos = np.zeros([batch, num_classes, embeddings.shape[2]])
@@ -180,13 +232,14 @@ def np_class_metric_loss(embeddings, activations, num_steps, labels, kernel, mar
     videos = [k for k in range(batch) if labels[k, c] == 1]
     if len(videos) < 2:
       continue
-    w = kernel[:, c]
     d_pos = d_neg = 0.0
     for j in videos:
       for j2 in videos:
         if j != j2:
-          d_pos += np.dot(w, z_pos[j] [c] - z_pos[j2][c]) ** 2
-          d_neg += np.dot(w, z_pos[j][c] - z_neg[j2][c]) ** 2
+          d_pos += np_squared_distance(z_pos[j][c], z_pos[j2][c], c, distance, kernel,
+                                       factors)
+          d_neg += np_squared_distance(z_pos[j][c], z_neg[j2][c], c, distance, kernel,
+                                       factors)
     pairs = len(videos) * (len(videos) - 1)
     d_pos, d_neg = d_pos / pairs, d_neg / pairs
     if loss_type == "triplet":
@@ -226,6 +279,63 @@ def test_class_metric_loss_matches_numpy(loss_type):
                                     loss_type=loss_type)
   for gradient in tape.gradient(loss, inputs):
     assert np.all(np.isfinite(gradient.numpy())) and np.abs(gradient.numpy()).sum() > 0
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "learned"])
+@pytest.mark.parametrize("loss_type", ["triplet", "contrastive"])
+def test_class_metric_loss_distances_match_numpy(distance, loss_type):
+  rng = np.random.default_rng(5)
+  batch, steps, depth, num_classes = 4, 6, 5, 3
+  embeddings = rng.normal(size=[batch, steps, depth]).astype(np.float32)
+  activations = np.clip(rng.normal(size=[batch, steps, num_classes]), -2, 2).astype(
+      np.float32)
+  num_steps = np.array([6, 4, 2, 5])
+  labels = np.array([[1, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 0]], np.float32)
+  factors = rng.normal(size=[num_classes, 2, depth]).astype(np.float32)  # rank 2 metric
+  margin = 0.5  # Small enough that neither hinge is idle for these unit-norm features.
+  out = losses.class_metric_loss(embeddings, activations, num_steps, labels, margin=margin,
+                                 loss_type=loss_type, distance=distance,
+                                 metric_factors=factors).numpy()
+  expected = np_class_metric_loss(embeddings.astype(np.float64), activations, num_steps,
+                                  labels, None, margin, loss_type, distance,
+                                  factors.astype(np.float64))
+  np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
+  assert expected > 0
+  if distance == "learned":
+    inputs = tf.constant(factors)
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      loss = losses.class_metric_loss(embeddings, activations, num_steps, labels,
+                                      margin=margin, loss_type=loss_type,
+                                      distance=distance, metric_factors=inputs)
+    assert np.abs(tape.gradient(loss, inputs).numpy()).sum() > 0
+
+
+def test_balanced_bce_from_logs_and_plain_bce_and_softmax_mil():
+  rng = np.random.default_rng(6)
+  probabilities = rng.uniform(0.01, 0.99, size=[3, 5])
+  labels = np.array([[1, 0, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], np.float32)
+  from_logs = losses.balanced_binary_cross_entropy_from_logs(
+      np.log(probabilities), np.log1p(-probabilities), labels).numpy()
+  np.testing.assert_allclose(
+      from_logs, losses.balanced_binary_cross_entropy(probabilities, labels).numpy(),
+      rtol=1e-6)
+  # A log of 0 on the side a video does not use must not leak (0 * -inf).
+  saturated = losses.balanced_binary_cross_entropy_from_logs(
+      [[0.0, -1.0]], [[-np.inf, -0.5]], [[1.0, 0.0]]).numpy()
+  np.testing.assert_allclose(saturated, [0.5])
+  bce = losses.binary_cross_entropy_from_logs(np.log(probabilities), np.log1p(-probabilities),
+                                              labels).numpy()
+  expected = -np.mean(labels * np.log(probabilities) +
+                      (1 - labels) * np.log(1 - probabilities), axis=1)
+  np.testing.assert_allclose(bce, expected, rtol=1e-6)
+  logits = rng.normal(size=[3, 5])
+  mil = losses.softmax_mil_loss(logits, labels).numpy()
+  for b in range(3):
+    log_softmax = np_log_softmax(logits[b])
+    positives = labels[b] > 0
+    expected = -log_softmax[positives].mean() if positives.any() else 0.0
+    np.testing.assert_allclose(mil[b], expected, rtol=1e-6)
 
 
 def test_class_metric_loss_without_pairs_is_zero():

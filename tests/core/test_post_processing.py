@@ -322,3 +322,26 @@ def test_batched_nms_with_no_entries():
       np.zeros([2, 0, 2], np.float32), np.zeros([2, 0], np.float32), [0, 0], 0.5, 3)
   np.testing.assert_array_equal(count.numpy(), [0, 0])
   assert segments.shape == (2, 3, 2) and indices.shape == (2, 3)
+
+
+def test_batch_multiclass_nms_ties_and_no_threshold():
+  # Hand-worked: 3 entries x 3 classes with equal scores across classes; threshold -inf keeps
+  # every score (even 0 and negative ones); ties go to the lower class, then NMS order.
+  segments = np.array([[[0.0, 4.0], [1.0, 4.0], [10.0, 12.0]]], np.float32)  # [1, 3, 2]
+  scores = np.array([[[0.5, 0.5, -1.0], [0.9, 0.0, 0.9], [0.5, 0.5, 0.5]]], np.float32)
+  out = post_processing.batch_multiclass_nms(
+      segments, scores, [3], score_threshold=-float("inf"), iou_threshold=0.5,
+      max_per_class=3, max_total=8)
+  out = {k: v.numpy() for k, v in out.items()}
+  # Class 0: 0.9 [1,4] suppresses [0,4] (tIoU 0.75); keeps 0.5 [10,12].
+  # Class 1: 0.5 [0,4], 0.5 [10,12], then 0.0 [1,4] is suppressed by [0,4].
+  # Class 2: 0.9 [1,4], 0.5 [10,12]; -1.0 [0,4] suppressed.
+  expected = [(0.9, 0, [1, 4]), (0.9, 2, [1, 4]), (0.5, 0, [10, 12]), (0.5, 1, [0, 4]),
+              (0.5, 1, [10, 12]), (0.5, 2, [10, 12])]
+  assert int(out["num_detections"][0]) == len(expected)
+  for i, (score, cls, seg) in enumerate(expected):
+    assert out["detection_scores"][0, i] == pytest.approx(score)
+    assert out["detection_classes"][0, i] == cls, (i, out["detection_classes"])
+    np.testing.assert_allclose(out["detection_segments"][0, i], seg)
+  assert (out["detection_scores"][0, len(expected):] == 0).all()
+  assert (out["detection_classes"][0, len(expected):] == 0).all()

@@ -134,6 +134,25 @@ def test_degenerate_inputs_give_finite_targets_and_work_in_tf_function():
   np.testing.assert_array_equal(out["match"].numpy(), np.full((2, 3), -1))
 
 
+def test_matched_similarity_without_coder_matches_reference():
+  anchors, gt, labels, num_gt = make_case()
+  assigner = target_assigner.TargetAssigner(argmax_matcher.ArgMaxMatcher(0.7, 0.3), None)
+  out = assigner.assign(anchors, gt, labels, num_gt)
+  assert "reg_targets" not in out and "reg_weights" not in out
+  cls, _, cls_w, _ = np_assign(np.broadcast_to(anchors, (3,) + anchors.shape), gt, labels,
+                               num_gt)
+  np.testing.assert_array_equal(out["cls_targets"].numpy(), cls)
+  np.testing.assert_array_equal(out["cls_weights"].numpy(), cls_w)
+  want = np.zeros(cls.shape)
+  for b in range(3):
+    for i in range(len(anchors)):
+      ious = [np_tiou(anchors[i], gt[b, j]) for j in range(num_gt[b])]
+      if ious and max(ious) > 0.7:
+        want[b, i] = max(ious)
+  assert (want > 0).sum() >= 3  # the case has positives to check
+  np.testing.assert_allclose(out["matched_similarity"].numpy(), want, rtol=1e-6)
+
+
 def test_bad_arguments():
   coder = segment_coder.CenterLengthCoder()
   m = argmax_matcher.ArgMaxMatcher(0.7, 0.3)

@@ -8,6 +8,9 @@ from tal_tf.core.standard_fields import InputFields as F
 from tal_tf.data import temporal_crop
 
 
+NUM_CLASSES = 4
+
+
 def _decoded(num_steps, segments, labels, fps=2.0):
   rgb = np.arange(num_steps * 2, dtype=np.float32).reshape(num_steps, 2)
   segments = np.asarray(segments, np.float32).reshape(-1, 2)
@@ -65,6 +68,31 @@ def test_crop_matches_reference(num_steps, window, min_kept, seed):
   np.testing.assert_array_equal(out[F.labels].numpy(), ref_labels.reshape(-1))
   np.testing.assert_array_equal(out[F.features]["rgb"].numpy(), rgb[offset:end])
   assert out[F.num_steps].numpy() == end - offset
+  # Video labels: the segment classes plus one class known only at video level (weak).
+  weak = int(rng.integers(1, NUM_CLASSES + 1))
+  video_labels = np.zeros(NUM_CLASSES, np.float32)
+  video_labels[np.concatenate([labels, [weak]]).astype(int) - 1] = 1
+  decoded[F.video_labels] = tf.constant(video_labels)
+  out = temporal_crop.crop_window(decoded, offset, window, min_kept)
+  expected = video_labels.copy()
+  for c in range(1, NUM_CLASSES + 1):  # Drop a class that had segments and kept none.
+    if c in set(labels.tolist()) and c not in set(ref_labels.tolist()):
+      expected[c - 1] = 0
+  np.testing.assert_array_equal(out[F.video_labels].numpy(), expected)
+
+
+def test_crop_drops_video_labels_of_classes_cropped_away():
+  decoded, _ = _decoded(10, [[1, 3], [6, 9]], [1, 2])
+  decoded[F.video_labels] = tf.constant([1, 1, 1, 0], tf.float32)  # class 3: weak label
+  out = temporal_crop.crop_window(decoded, 5, 5)   # steps [5, 10): only class 2 survives
+  np.testing.assert_array_equal(out[F.video_labels].numpy(), [0, 1, 1, 0])
+  out = temporal_crop.crop_window(decoded, 0, 4)   # steps [0, 4): only class 1 survives
+  np.testing.assert_array_equal(out[F.video_labels].numpy(), [1, 0, 1, 0])
+  # A weakly labelled video (labels, no segments) keeps its labels whatever the crop.
+  weak, _ = _decoded(10, np.zeros((0, 2)), [])
+  weak[F.video_labels] = tf.constant([0, 1, 0, 1], tf.float32)
+  out = temporal_crop.crop_window(weak, 6, 3)
+  np.testing.assert_array_equal(out[F.video_labels].numpy(), [0, 1, 0, 1])
 
 
 def test_random_crop_stays_inside_and_short_videos_are_untouched():

@@ -23,10 +23,45 @@ def test_load_database_structure_errors(tmp_path):
     ann_lib.load_database(_write_json(tmp_path, "{not json"))
   with pytest.raises(ann_lib.AnnotationError, match="'database'"):
     ann_lib.load_database(_write_json(tmp_path, {"videos": {}}))
-  with pytest.raises(ann_lib.AnnotationError, match="annotations'\\] must be a list"):
+  with pytest.raises(ann_lib.AnnotationError,
+                     match="video 'v', field 'annotations': expected a list"):
     ann_lib.load_database(_write_json(tmp_path, {"database": {"v": {"annotations": 3}}}))
+  with pytest.raises(ann_lib.AnnotationError, match="field 'trimmed': expected true or false"):
+    ann_lib.load_database(_write_json(tmp_path, {"database": {"v": {"trimmed": "yes"}}}))
   with pytest.raises(ann_lib.AnnotationError, match="does not exist"):
     ann_lib.load_database(os.path.join(str(tmp_path), "absent.json"))
+  with pytest.raises(FileNotFoundError):  # also an OSError for callers that expect one
+    ann_lib.load_database(os.path.join(str(tmp_path), "absent.json"))
+
+
+def test_one_annotation_parser_for_converter_and_evaluator(tmp_path):
+  """The evaluator's loader is the converter's module; only the policy differs."""
+  from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
+  assert eval_io.load_annotations is ann_lib.load_annotations
+  assert eval_io.EvaluationFormatError is ann_lib.AnnotationError
+  path = _write_json(tmp_path, {"database": {
+      "a": {"subset": "Test", "annotations": [{"segment": [5, 1], "label": "X"}]},
+      "b": {"subset": "Test", "annotations": [{"segment": [1, 2], "label": "X"}]}}})
+  # Strict (evaluator): an inverted segment is an error naming file, video and field.
+  with pytest.raises(ann_lib.AnnotationError,
+                     match=r"video 'a', field 'annotations\[0\]\.segment'.*end >= start"):
+    ann_lib.load_annotations(path, subset="test")
+  # Lenient (converter): the same entry is dropped and reported.
+  database = ann_lib.load_database(path)
+  report = quirks.QuirkReport()
+  assert ann_lib.select_videos(database, "test", path, report) == ["a", "b"]
+  segments, names = ann_lib.clean_segments("a", database["a"], 10.0, report)
+  assert segments.shape == (0, 2) and names == []
+  assert report.counts["segment_degenerate"] == 1
+  # A video without a subset: reported by the converter, an error for the evaluator.
+  path = _write_json(tmp_path, {"database": {"a": {"annotations": []},
+                                              "b": {"subset": "test", "annotations": []}}},
+                     "nosubset.json")
+  report = quirks.QuirkReport()
+  assert ann_lib.select_videos(ann_lib.load_database(path), "test", path, report) == ["b"]
+  assert report.videos("subset_missing") == ["a"]
+  with pytest.raises(ann_lib.AnnotationError, match="video 'a', field 'subset'"):
+    ann_lib.load_annotations(path, subset="test")
 
 
 def test_select_videos_case_insensitive_and_lists():
@@ -107,20 +142,65 @@ def test_check_features_casts_numeric_to_float32():
   np.testing.assert_array_equal(out, [[0, 1, 2], [3, 4, 5]])
 
 
-def test_load_npy_refuses_pickles_and_archives(tmp_path):
+def test_npy_rows_refuse_pickles_archives_and_truncation(tmp_path):
   obj = os.path.join(str(tmp_path), "obj.npy")
   np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
   with pytest.raises(fr.FeatureError) as err:
-    fr.load_npy(obj)
-  assert err.value.kind == "features_malformed" and "without pickle" in err.value.message
+    fr.NpyRows(obj)
+  assert err.value.kind == "features_malformed" and "unpickling" in err.value.message
   npz = os.path.join(str(tmp_path), "arch.npy")
   with open(npz, "wb") as f:
     np.savez(f, a=np.zeros(3))
-  with pytest.raises(fr.FeatureError, match="not a single .npy array"):
-    fr.load_npy(npz)
+  with pytest.raises(fr.FeatureError, match="without pickle") as err:
+    fr.NpyRows(npz)
+  assert err.value.kind == "features_malformed"
   with pytest.raises(fr.FeatureError) as err:
-    fr.load_npy(os.path.join(str(tmp_path), "absent.npy"))
+    fr.NpyRows(os.path.join(str(tmp_path), "absent.npy"))
   assert err.value.kind == "features_missing"
+  cut = os.path.join(str(tmp_path), "cut.npy")
+  np.save(cut, np.ones((4, 3), np.float32))
+  with open(cut, "r+b") as f:
+    f.truncate(os.path.getsize(cut) - 4)
+  with pytest.raises(fr.FeatureError, match="truncated"):
+    fr.NpyRows(cut)
+
+
+def test_npy_rows_read_windows_c_and_fortran_order(tmp_path):
+  values = np.arange(40, dtype=np.float64).reshape(10, 4)
+  for name, array in (("c", values), ("f", np.asfortranarray(values))):
+    path = os.path.join(str(tmp_path), name + ".npy")
+    np.save(path, array)
+    rows = fr.NpyRows(path)
+    assert rows.fortran_order == (name == "f")
+    np.testing.assert_array_equal(rows.read(3, 7), values[3:7])
+    np.testing.assert_array_equal(rows.read(0, 10), values)
+
+
+def test_one_reader_family_for_converter_and_inference(tmp_path):
+  """The inference module's sources are the converter's: same classes, same checks."""
+  from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
+  assert feature_sources.NpyDirSource is fr.NpyDirSource
+  assert feature_sources.FeatureError is fr.FeatureError
+  d = {s: os.path.join(str(tmp_path), s) for s in ("rgb", "flow")}
+  for s, dim in (("rgb", 3), ("flow", 2)):
+    os.makedirs(d[s])
+    values = np.arange(12 * dim, dtype=np.float32).reshape(12, dim)
+    if s == "flow":
+      values = values[:11]  # one step shorter: trimmed to the common length
+      values[9, 0] = np.nan
+    np.save(os.path.join(d[s], "v.npy"), values)
+  source = fr.NpyDirSource(d, {"rgb": 3, "flow": 2}, feature_fps=2.0)
+  video = source.video("v")
+  assert video.num_steps == 11 and video.stream_lengths == {"rgb": 12, "flow": 11}
+  np.testing.assert_array_equal(video.read(2, 5)["rgb"],
+                                np.arange(36, dtype=np.float32).reshape(12, 3)[2:5])
+  with pytest.raises(fr.FeatureError, match=r"stream 'flow' of video 'v'.*steps \[9\]"):
+    video.read(8, 11)
+  with pytest.raises(fr.FeatureError) as err:
+    source.read("v")  # the converter's whole-video read: same check
+  assert err.value.kind == "features_non_finite"
+  pairs = list(source)
+  assert [v for v, _ in pairs] == ["v"] and isinstance(pairs[0][1], fr.Video)
 
 
 def test_npy_dir_dim_inference_uses_most_common_dim(tmp_path):

@@ -130,7 +130,7 @@ def _run_flags(argv):
       feature_source=source, subset=fv.subset or None, num_shards=fv.num_shards,
       feature_fps=fv.feature_fps, frames_per_step=fv.frames_per_step,
       ignore_classes=fv.ignore_classes, length_tolerance=fv.length_tolerance,
-      summary_json=fv.summary_json, progress_stream=None)
+      summary_json=fv.summary_json, progress_stream=None, trimmed=fv.trimmed)
 
 
 SKIPPED = {
@@ -250,7 +250,7 @@ def test_concat_features_split_by_dims(tmp_path):
 
 
 @pytest.mark.parametrize("per_stream", [False, True])
-def test_hdf5_features_through_tensorflow_io(tmp_path, per_stream):
+def test_hdf5_features_through_h5py(tmp_path, per_stream):
   import h5py
   ann, feats = _clean_dataset(str(tmp_path))
   directory = str(tmp_path)
@@ -284,7 +284,7 @@ def test_malformed_hdf5_is_reported_not_crashing(tmp_path):
   ann, feats = _clean_dataset(str(tmp_path), num_videos=2)
   bad = os.path.join(str(tmp_path), "bad.h5")
   with open(bad, "wb") as f:
-    f.write(b"this is not an HDF5 file" * 50)  # tensorflow-io alone would segfault on it
+    f.write(b"this is not an HDF5 file" * 50)  # reported as malformed, never a crash
   source = feature_readers.Hdf5Source(bad, {"rgb": D_RGB, "flow": D_FLOW})
   source.prepare(sorted(feats))
   with pytest.raises(feature_readers.FeatureError) as err:
@@ -384,3 +384,197 @@ def test_cli_end_to_end_on_synthetic_thumos(tmp_path):
        f"--output={prefix}", "--feature_fps=2.0"],
       env=env, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "exactly one of --features" in bad.stderr
+
+
+def _npy_dirs(directory, feats):
+  dirs = {}
+  for stream in ("rgb", "flow"):
+    dirs[stream] = os.path.join(directory, stream)
+    os.makedirs(dirs[stream], exist_ok=True)
+    for vid, s in feats.items():
+      np.save(os.path.join(dirs[stream], vid + ".npy"), s[stream])
+  return f"--features=rgb:{dirs['rgb']},flow:{dirs['flow']}"
+
+
+def test_video_labels_weak_and_trimmed_videos(tmp_path):
+  """Video labels come from segments and "labels"; weak videos are kept; trimmed clips get
+  one [0, duration] segment per label."""
+  rng = np.random.default_rng(4)
+  db = {
+      "full": _entry("train", 10.0, [_ann("Alpha", 1.0, 2.0)]),
+      "mixed": _entry("train", 10.0, [_ann("Alpha", 1.0, 2.0)]),
+      "weak": _entry("train", 10.0, []),
+      "trim": _entry("train", 5.0, []),
+      "trim_seg": _entry("train", 5.0, [_ann("Beta", 1.0, 2.0)]),
+      "nothing": _entry("train", 10.0, []),
+  }
+  db["mixed"]["labels"] = ["Gamma", "Ambiguous"]
+  db["weak"]["labels"] = ["Beta", "Gamma"]
+  db["trim"].update(labels=["Gamma"], trimmed=True)
+  db["trim_seg"]["trimmed"] = True
+  feats = {vid: _features(rng, 20 if db[vid]["duration"] == 10.0 else 10) for vid in db}
+  ann = os.path.join(str(tmp_path), "ann.json")
+  with open(ann, "w") as f:
+    json.dump({"database": db}, f)
+  base = [f"--annotations={ann}", _npy_dirs(str(tmp_path), feats), f"--feature_fps={FPS}",
+          f"--label_map={tmp_path}/lm.pbtxt", "--ignore_classes=Ambiguous"]
+  summary = _run_flags(base + [f"--output={tmp_path}/a"])
+  # A class seen only in video-level "labels" (Gamma) is in the written label map.
+  assert label_map_util.get_label_map_dict(f"{tmp_path}/lm.pbtxt") == {
+      "Alpha": 1, "Beta": 2, "Gamma": 3}
+  records = _read_records(summary.shards)
+  assert sorted(records) == sorted(db)  # weak and empty videos are kept
+  expect = {"full": [1], "mixed": [1, 3], "weak": [2, 3], "trim": [3], "trim_seg": [2],
+            "nothing": []}
+  for vid, ids in expect.items():
+    assert records[vid]["video_labels"].tolist() == ids, vid
+  assert records["weak"]["segments_seconds"].shape == (0, 2)
+  np.testing.assert_array_equal(records["trim"]["segments_seconds"], [[0.0, 5.0]])
+  np.testing.assert_array_equal(records["trim_seg"]["segments_seconds"], [[0.0, 5.0]])
+  assert records["trim_seg"]["labels"].tolist() == [2]
+  counts = summary.report.counts
+  assert counts["video_labels_only"] == 1 and summary.report.videos("video_labels_only") == [
+      "weak"]
+  assert summary.report.videos("video_without_segments") == ["nothing"]
+  assert summary.report.videos("label_ignored_class") == ["mixed"]
+  assert summary.report.videos("trimmed_segment_replaced") == ["trim_seg"]
+  assert summary.trimmed is False
+
+  # --trimmed: every video is one action spanning it, labelled by its video-level classes.
+  summary = _run_flags(base + [f"--output={tmp_path}/b", "--trimmed"])
+  records = _read_records(summary.shards)
+  np.testing.assert_array_equal(records["mixed"]["segments_seconds"], [[0, 10], [0, 10]])
+  assert records["mixed"]["labels"].tolist() == [1, 3]
+  np.testing.assert_array_equal(records["weak"]["segments_seconds"], [[0, 10], [0, 10]])
+  assert records["nothing"]["segments_seconds"].shape == (0, 2)
+  assert summary.trimmed is True
+
+
+def test_video_without_subset_is_counted_and_listed(tmp_path):
+  ann, feats = _clean_dataset(str(tmp_path), num_videos=3)
+  with open(ann) as f:
+    data = json.load(f)
+  del data["database"]["video_1"]["subset"]
+  data["database"]["video_2"]["subset"] = None
+  with open(ann, "w") as f:
+    json.dump(data, f)
+  summary = _run_flags([f"--annotations={ann}", _npy_dirs(str(tmp_path), feats),
+                        f"--feature_fps={FPS}", f"--label_map={tmp_path}/lm.pbtxt",
+                        "--subset=validation", f"--output={tmp_path}/o"])
+  assert summary.num_selected == 1
+  assert summary.report.videos("subset_missing") == ["video_1", "video_2"]
+  text = summary.format()
+  assert "subset_missing: 2" in text and "video_1" in text and "video_2" in text
+  with open(summary.summary_json) as f:
+    assert json.load(f)["quirks"]["subset_missing"]["count"] == 2
+
+
+def test_summary_is_not_matched_by_the_shard_glob(tmp_path):
+  import glob
+  ann, feats = _clean_dataset(str(tmp_path), num_videos=3)
+  prefix = os.path.join(str(tmp_path), "rec", "train")
+  summary = _run_flags([f"--annotations={ann}", _npy_dirs(str(tmp_path), feats),
+                        f"--feature_fps={FPS}", f"--label_map={tmp_path}/lm.pbtxt",
+                        f"--output={prefix}", "--num_shards=2"])
+  assert summary.summary_json == prefix + ".summary.json"
+  assert os.path.isfile(summary.summary_json)
+  assert sorted(glob.glob(prefix + "-*")) == sorted(summary.shards)
+  assert sorted(tf.io.gfile.glob(prefix + "-*")) == sorted(summary.shards)
+  with open(summary.summary_json) as f:
+    on_disk = json.load(f)
+  assert on_disk["shard_bytes"] == [os.path.getsize(p) for p in summary.shards]
+  assert sum(on_disk["shard_records"]) == 3
+
+
+def test_rerun_with_another_shard_count_removes_only_its_stale_shards(tmp_path):
+  ann, feats = _clean_dataset(str(tmp_path), num_videos=4)
+  prefix = os.path.join(str(tmp_path), "train")
+  base = [f"--annotations={ann}", _npy_dirs(str(tmp_path), feats), f"--feature_fps={FPS}",
+          f"--label_map={tmp_path}/lm.pbtxt", f"--output={prefix}"]
+  first = _run_flags(base + ["--num_shards=3"])
+  # Files that only look alike must survive: another prefix, another suffix.
+  keep = [os.path.join(str(tmp_path), n) for n in (
+      "train2-00000-of-00003.tfrecord", "train-00000-of-00003.tfrecord.bak",
+      "train-x-00000-of-00003.tfrecord")]
+  for path in keep:
+    with open(path, "w") as f:
+      f.write("x")
+  second = _run_flags(base + ["--num_shards=2"])
+  assert sorted(second.removed_stale_shards) == sorted(first.shards)
+  assert not any(os.path.exists(p) for p in first.shards)
+  assert all(os.path.exists(p) for p in keep)
+  assert "Removed 3 stale shard(s)" in second.format()
+  records = []
+  for path in tf.io.gfile.glob(prefix + "-*.tfrecord"):
+    records += [sequence_example.decode_sequence_example_numpy(r)["video_id"]
+                for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+  assert sorted(records) == sorted(feats)  # each video once
+  with open(second.summary_json) as f:
+    assert sorted(json.load(f)["removed_stale_shards"]) == sorted(first.shards)
+
+
+class _FailingSource:
+  """Feature source that fails hard at the n-th video (a crash mid-conversion)."""
+
+  def __init__(self, inner, fail_at):
+    self.inner, self.fail_at, self.count = inner, fail_at, 0
+    self.length_tolerance = 0.1
+
+  def prepare(self, video_ids):
+    return self.inner.prepare(video_ids)
+
+  def video(self, video_id):
+    self.count += 1
+    if self.count == self.fail_at:
+      raise RuntimeError("simulated crash")
+    return self.inner.video(video_id)
+
+
+def test_failed_run_leaves_previous_outputs_untouched(tmp_path):
+  ann, feats = _clean_dataset(str(tmp_path), num_videos=4)
+  flag = _npy_dirs(str(tmp_path), feats)
+  prefix = os.path.join(str(tmp_path), "out", "train")
+  base = [f"--annotations={ann}", flag, f"--feature_fps={FPS}",
+          f"--label_map={tmp_path}/lm.pbtxt", f"--output={prefix}", "--num_shards=2"]
+  first = _run_flags(base)
+  before = {p: open(p, "rb").read() for p in first.shards + [first.summary_json]}
+  source = feature_readers.NpyDirSource(
+      feature_readers.parse_stream_paths(flag.split("=", 1)[1], "dir"))
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    create_tfrecord.convert_dataset(ann, prefix, f"{tmp_path}/lm.pbtxt",
+                                    _FailingSource(source, 3), num_shards=2,
+                                    feature_fps=FPS, progress_stream=None)
+  after = {p: open(p, "rb").read() for p in before}
+  assert after == before
+  assert sorted(os.listdir(os.path.dirname(prefix))) == sorted(
+      os.path.basename(p) for p in before)  # no temporaries left behind
+
+
+def test_cli_errors_are_one_line_naming_the_file(tmp_path):
+  ann, feats = _clean_dataset(str(tmp_path), num_videos=2)
+  flag = _npy_dirs(str(tmp_path), feats)
+  bad_json = os.path.join(str(tmp_path), "bad.json")
+  with open(bad_json, "w") as f:
+    f.write("{not json")
+  weak_bad = os.path.join(str(tmp_path), "labels.json")
+  with open(weak_bad, "w") as f:
+    json.dump({"database": {"v": {"subset": "a", "labels": "Alpha"}}}, f)
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  cases = [
+      ([f"--annotations={bad_json}", flag], bad_json),
+      ([f"--annotations={weak_bad}", flag], "field 'labels': expected a list of class names"),
+      ([f"--annotations={ann}", f"--features=rgb:{tmp_path}/nope,flow:{tmp_path}/nope"],
+       f"{tmp_path}/nope"),
+      ([f"--annotations={ann}", flag, "--subset=training"], "subset ['training'] not found"),
+  ]
+  script = ("import sys; from tal_tf.dataset_tools import create_tfrecord as c; "
+            "from absl import app; c.define_flags(); app.run(c.main)")
+  for args, fragment in cases:
+    run = subprocess.run(
+        [sys.executable, "-c", script, f"--label_map={tmp_path}/lm.pbtxt",
+         f"--output={tmp_path}/o", f"--feature_fps={FPS}"] + args,
+        env=env, capture_output=True, text=True, timeout=120)
+    lines = [l for l in run.stderr.splitlines() if l.strip()]
+    assert run.returncode == 2, run.stderr
+    assert len(lines) == 1 and lines[0].startswith("create_tfrecord: error: "), run.stderr
+    assert fragment in lines[0], lines[0]

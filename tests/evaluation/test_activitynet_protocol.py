@@ -397,10 +397,3 @@ def test_average_recall_metrics_from_dicts_ignores_labels():
   assert got["ar_at_an"][1] == pytest.approx(1.0)
   assert got["num_videos"] == 1 and got["num_proposals"] == 1
 
-
-def test_segment_iou_matrix_hand_values():
-  a = np.array([[0.0, 10.0], [5.0, 5.0]])
-  b = np.array([[5.0, 15.0], [20.0, 30.0], [5.0, 5.0]])
-  # [0,10] vs [5,15]: 5 / 15; disjoint: 0; zero-length vs zero-length: defined as 0.
-  np.testing.assert_allclose(anet.segment_iou_matrix(a, b),
-                             [[1 / 3, 0, 0], [0, 0, 0]], atol=1e-12)

@@ -122,7 +122,7 @@ def test_annotations_subset_selects_videos(exported, features, tmp_path):
     infer_main.run(_flags(
         f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
         f"--feature_fps={FPS}", "--subset=test", f"--output={output}"))
-  with pytest.raises(eval_io.EvaluationFormatError, match="no video has subset 'training'"):
+  with pytest.raises(eval_io.EvaluationFormatError, match=r"subset \['training'\] not found"):
     infer_main.run(_flags(
         f"--saved_model_dir={exported['export_dir']}", f"--features={features['npy']}",
         f"--feature_fps={FPS}", f"--annotations={annotations}", "--subset=training",
@@ -232,10 +232,13 @@ def test_usage_errors_are_clear(exported, features, tmp_path):
                           f"--features={features['npy']}", "--output=x.json"))
   with pytest.raises(ValueError, match="holds no saved_model.pb"):
     inference_lib.resolve_saved_model_dir(str(tmp_path))
-  with pytest.raises(ValueError, match="must be the model's streams"):
+  with pytest.raises(ValueError, match="must be the streams .* of the model"):
     feature_sources.NpyDirSource({"rgb": features["dirs"]["rgb"]}, tiny_model.STREAM_DIMS, 1.0)
   with pytest.raises(ValueError, match="needs --feature_fps > 0"):
-    feature_sources.NpyDirSource(features["dirs"], tiny_model.STREAM_DIMS, None)
+    iter(feature_sources.NpyDirSource(features["dirs"], tiny_model.STREAM_DIMS, None))
+  with pytest.raises(app.UsageError, match="--hdf5_features needs --feature_fps > 0"):
+    infer_main.run(_flags(f"--saved_model_dir={exported['export_dir']}",
+                          f"--hdf5_features={features['h5']}", "--output=x.json"))
 
 
 # ----------------------------------------------------------------------------- bounded reads

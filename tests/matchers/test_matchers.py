@@ -8,7 +8,8 @@ from tal_tf.matchers import matcher
 from tal_tf.matchers import three_way_matcher
 
 
-def np_argmax_match(sim, num_valid, matched, unmatched, force=False, force_min=0.0, strict=True):
+def np_argmax_match(sim, num_valid, matched, unmatched, force=False, force_min=0.0, strict=True,
+                    force_max=np.inf, keep_positives=False):
   """Reference: per batch element, per row, loops over valid columns."""
   b_size, n, _ = sim.shape
   out = np.full((b_size, n), -1, np.int64)
@@ -28,12 +29,15 @@ def np_argmax_match(sim, num_valid, matched, unmatched, force=False, force_min=0
       else:
         out[b, i] = -2
     if force and n > 0:
+      positive = out[b] >= 0
       forced = {}  # row -> list of columns forcing it
       for j in range(m):
         i = int(np.argmax(sim[b, :, j]))
-        if sim[b, i, j] > force_min:
+        if force_min < sim[b, i, j] <= force_max:
           forced.setdefault(i, []).append(j)
       for i, cols in forced.items():
+        if keep_positives and positive[i]:
+          continue
         out[b, i] = max(cols, key=lambda c: (sim[b, i, c], -c))
   return out
 
@@ -80,6 +84,10 @@ def random_similarity(seed, shape=(4, 10, 5)):
     dict(matched=0.7, unmatched=0.3),
     dict(matched=0.7, unmatched=0.3, force=True, force_min=0.0),
     dict(matched=0.7, unmatched=0.3, force=True, force_min=0.5),
+    dict(matched=0.7, unmatched=0.3, force=True, force_min=0.5, force_max=0.7),
+    dict(matched=0.7, unmatched=0.3, force=True, force_min=0.5, force_max=0.7,
+         keep_positives=True),
+    dict(matched=0.6, unmatched=0.3, force=True, force_min=0.0, keep_positives=True),
     dict(matched=0.5, unmatched=0.5),
     dict(matched=0.6, unmatched=0.2, strict=False, force=True, force_min=-1.0)])
 def test_argmax_matcher_matches_reference(seed, config):
@@ -88,6 +96,8 @@ def test_argmax_matcher_matches_reference(seed, config):
       matched_threshold=config["matched"], unmatched_threshold=config["unmatched"],
       force_match_for_each_column=config.get("force", False),
       force_match_min_similarity=config.get("force_min", 0.0),
+      force_match_max_similarity=config.get("force_max", np.inf),
+      force_match_overrides_positives=not config.get("keep_positives", False),
       strict_positive=config.get("strict", True))
   got = m.match(sim, num_valid).match_results.numpy()
   np.testing.assert_array_equal(got, np_argmax_match(sim, num_valid, **config))
@@ -104,6 +114,34 @@ def test_presets_hand_case():
   np.testing.assert_array_equal(scnn.match_results.numpy(), [[0, -2, -1]])
   cls = argmax_matcher.ArgMaxMatcher(**argmax_matcher.TAL_NET_CLASSIFICATION).match(sim, [3])
   np.testing.assert_array_equal(cls.match_results.numpy(), [[0, -1, -1]])
+
+
+def test_scnn_preset_forces_only_groundtruth_without_a_row_above_0_7():
+  # gt2's best row r2 is at 0.6: forced (0.5 < 0.6 <= 0.7); gt3's best row r3 at 0.45 is not
+  # (ignored band); r0, r1 are above 0.7 and keep their argmax.
+  sim = np.array([[[0.75, 0.8, 0.0, 0.0],
+                   [0.0, 0.72, 0.0, 0.0],
+                   [0.0, 0.0, 0.6, 0.0],
+                   [0.0, 0.0, 0.0, 0.45]]], np.float32)
+  scnn = argmax_matcher.ArgMaxMatcher(**argmax_matcher.S_CNN_PROPOSAL).match(sim, [4])
+  np.testing.assert_array_equal(scnn.match_results.numpy(), [[1, 1, 2, -2]])
+  # Where the 0.7 bound matters: r0's argmax is gtA (0.8) but r0 is gtB's best row (0.75).
+  # gtB has a row above 0.7, so S-CNN does not force: r0 stays with gtA. Unbounded forcing
+  # (min 0.5 only) pulls r0 to gtB.
+  sim = np.array([[[0.8, 0.75],
+                   [0.9, 0.0]]], np.float32)
+  scnn = argmax_matcher.ArgMaxMatcher(**argmax_matcher.S_CNN_PROPOSAL).match(sim, [2])
+  np.testing.assert_array_equal(scnn.match_results.numpy(), [[0, 0]])
+  unbounded = argmax_matcher.ArgMaxMatcher(0.7, 0.3, force_match_for_each_column=True,
+                                           force_match_min_similarity=0.5)
+  np.testing.assert_array_equal(unbounded.match(sim, [2]).match_results.numpy(), [[1, 0]])
+  # A window above 0.7 with gtA (0.9) that is also gtB's best (0.6, no window above 0.7 for
+  # gtB): S-CNN keeps rule (1)'s label (gtA); Faster R-CNN-style forcing moves it to gtB.
+  # (gtA's own best window is another one, at 0.95.)
+  sim = np.array([[[0.9, 0.6], [0.95, 0.0]]], np.float32)
+  scnn = argmax_matcher.ArgMaxMatcher(**argmax_matcher.S_CNN_PROPOSAL).match(sim, [2])
+  np.testing.assert_array_equal(scnn.match_results.numpy(), [[0, 0]])
+  np.testing.assert_array_equal(unbounded.match(sim, [2]).match_results.numpy(), [[1, 0]])
 
 
 def test_threshold_boundaries_strict_and_inclusive():

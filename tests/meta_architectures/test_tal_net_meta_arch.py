@@ -186,3 +186,66 @@ def test_overfits_one_video_and_localizes_its_action():
   inter = max(0.0, min(top_segment[1], 20.0) - max(top_segment[0], 12.0))
   union = (top_segment[1] - top_segment[0]) + 8.0 - inter
   assert inter / union > 0.7, top_segment
+
+
+def test_inference_fast_paths_give_the_training_paths_detections():
+  """Inference runs dilated convs natively (training uses Keras' SpaceToBatch path) and pools
+  all streams at once: same proposals and detections to float tolerance."""
+  model = build()  # scales 1, 2, 4, 8 with context: dilations 2 and 5 occur
+  feats = features(2, 30, seed=5)
+  num_steps = tf.constant([30, 19], tf.int32)
+  fps = tf.constant([1.0, 2.0])
+  fast = model.predict(feats, num_steps, training=False)
+  slow = model.predict(feats, num_steps, training=True)
+  np.testing.assert_allclose(fast["objectness_logits"].numpy(),
+                             slow["objectness_logits"].numpy(), rtol=1e-5, atol=1e-5)
+  fast_dets = model.postprocess(fast, num_steps, fps)
+  slow_dets = model.postprocess(slow, num_steps, fps)
+  for key in (DetectionFields.num_detections, DetectionFields.detection_classes,
+              DetectionFields.num_proposals):
+    np.testing.assert_array_equal(fast_dets[key].numpy(), slow_dets[key].numpy(), err_msg=key)
+  for key in (DetectionFields.detection_segments, DetectionFields.detection_scores,
+              DetectionFields.proposal_segments, DetectionFields.proposal_scores):
+    np.testing.assert_allclose(fast_dets[key].numpy(), slow_dets[key].numpy(), rtol=1e-4,
+                               atol=1e-4, err_msg=key)
+
+
+def test_one_pooling_over_all_streams_equals_pooling_each_stream():
+  from tal_tf.core import soi_pooling  # pylint: disable=g-import-not-at-top
+  model = build()
+  feats = features(2, 30, seed=6)
+  num_steps = tf.constant([30, 19], tf.int32)
+  preds = model.predict(feats, num_steps)
+  maps = [feats["rgb"], feats["flow"]]
+  # pylint: disable=protected-access
+  logits, boxes = model._classify(maps, preds["proposal_segments"], num_steps, False)
+  ref_logits, ref_boxes = [], []
+  for head, m in zip(model._heads, maps):
+    pooled = soi_pooling.soi_pooling(m, preds["proposal_segments"], num_steps, num_bins=7,
+                                     context_fraction=0.5)
+    cls, enc = head(pooled)
+    ref_logits.append(cls.numpy())
+    ref_boxes.append(enc.numpy())
+  # pylint: enable=protected-access
+  np.testing.assert_allclose(logits.numpy(), np.mean(ref_logits, axis=0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(boxes.numpy(), np.mean(ref_boxes, axis=0), rtol=1e-6, atol=1e-6)
+
+
+def test_only_existing_proposal_slots_are_classified():
+  """Slots past every video's num_proposals are skipped (zeros); the others are unchanged."""
+  model = build()
+  feats = features(2, 12, seed=7)
+  num_steps = tf.constant([12, 5], tf.int32)
+  preds = model.predict(feats, num_steps)
+  used = int(max(preds["num_proposals"].numpy()))
+  assert used < 40  # max_total: short videos leave padded slots
+  maps = [feats["rgb"], feats["flow"]]
+  # pylint: disable=protected-access
+  full_logits, full_boxes = model._classify(maps, preds["proposal_segments"], num_steps, False)
+  # pylint: enable=protected-access
+  assert preds["class_logits"].shape == full_logits.shape
+  np.testing.assert_allclose(preds["class_logits"].numpy()[:, :used],
+                             full_logits.numpy()[:, :used], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(preds["refined_box_encodings"].numpy()[:, :used],
+                             full_boxes.numpy()[:, :used], rtol=1e-5, atol=1e-6)
+  assert not preds["class_logits"].numpy()[:, used:].any()

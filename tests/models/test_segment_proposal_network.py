@@ -42,6 +42,12 @@ PLANS_CONTEXT = {  # span = 2s
 }
 
 
+# The paper's rates taken literally (rounding='paper'), by hand: unit r1 = round(n/6) (at least
+# 1, halves up) for span n, pool r1, dilations r1 and 2*r1, receptive field 7*r1.
+PAPER_UNIT_NO_CONTEXT = {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 6: 1, 8: 1, 11: 2, 16: 3}
+PAPER_UNIT_CONTEXT = {1: 1, 2: 1, 3: 1, 4: 1, 5: 2, 6: 2, 8: 3, 11: 4, 16: 5}
+
+
 def _table_span(row):
   pool, (k1, r1), (k2, r2) = row
   return pool + (k1 - 1) * r1 + (k2 - 1) * r2
@@ -168,6 +174,21 @@ def test_paper_rates_literally_overshoot_the_span():
     assert pool + 2 * r1 + 2 * r2 == 7 * scale // 6 != scale
 
 
+@pytest.mark.parametrize("use_context,units", [(False, PAPER_UNIT_NO_CONTEXT),
+                                               (True, PAPER_UNIT_CONTEXT)])
+def test_paper_literal_plans_match_hand_table(use_context, units):
+  spn = SegmentProposalNetwork(SCALES, use_context=use_context, filters=2, rounding="paper")
+  for scale, tower in zip(SCALES, spn.towers):
+    unit = units[scale]
+    pools = [l.pool_size[0] for l in tower.tower_layers
+             if isinstance(l, tf_keras.layers.MaxPool1D)]
+    convs = [(l.kernel_size[0], l.dilation_rate[0]) for l in tower.tower_layers
+             if isinstance(l, tf_keras.layers.Conv1D)]
+    assert (pools or [1])[0] == unit, scale
+    assert convs == [(3, unit), (3, 2 * unit)], scale  # two kernel-3 convs at every scale
+    assert spn_lib.receptive_field(scale, use_context, "multi_dilated", "paper") == 7 * unit
+
+
 @pytest.mark.parametrize("rounding", ["exact", "odd"])
 @pytest.mark.parametrize("use_context", [False, True])
 def test_receptive_field_function_equals_span(use_context, rounding):
@@ -219,6 +240,8 @@ def test_tower_receptive_field_measured_for_any_integer_scale(scale, use_context
     ("multi_dilated", True, "exact"),
     ("multi_dilated", False, "odd"),
     ("multi_dilated", True, "odd"),
+    ("multi_dilated", False, "paper"),
+    ("multi_dilated", True, "paper"),
     ("multi_tconv", False, "exact"),
     ("single_tconv", False, "exact"),
     ("single", False, "exact"),
@@ -231,7 +254,12 @@ def test_measured_receptive_field_per_tower(variant, use_context, rounding):
   steps = 2 * 33 + 7
   measured = _measure_windows(_spn_by_location(spn), len(SCALES), 2, steps)
   for k, scale in enumerate(SCALES):
-    if variant == "multi_dilated":
+    if variant == "multi_dilated" and rounding == "paper":
+      # Pool r1 (TF 'SAME': (r1-1)//2 steps before) plus taps 3*r1 on each side.
+      unit = (PAPER_UNIT_CONTEXT if use_context else PAPER_UNIT_NO_CONTEXT)[scale]
+      expected = tuple(range(-((unit - 1) // 2) - 3 * unit, unit - (unit - 1) // 2 + 3 * unit))
+      assert len(expected) == 7 * unit
+    elif variant == "multi_dilated":
       span = scale * (2 if use_context else 1)
       expected = _expected_window(span, rounding)
       if rounding == "exact":
@@ -437,9 +465,33 @@ def test_temporal_conv_equals_keras_dilated_conv():
   """The native-dilation conv computes exactly what Keras' SpaceToBatch path computes."""
   x = tf.random.stateless_normal([2, 23, 5], seed=[1, 2])
   for rate in (1, 2, 5):
-    ours = spn_lib.TemporalConv(4, 3, dilation_rate=rate, padding="same")
-    ref = tf_keras.layers.Conv1D(4, 3, dilation_rate=rate, padding="same")
+    ours = spn_lib.TemporalConv(4, 3, dilation_rate=rate, padding="same", activation="relu")
+    ref = tf_keras.layers.Conv1D(4, 3, dilation_rate=rate, padding="same", activation="relu")
     ours.build(x.shape)
     ref.build(x.shape)
+    ours.bias.assign([0.1, -0.2, 0.3, 0.0])
     ref.set_weights(ours.get_weights())
     np.testing.assert_allclose(ours(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-5)
+    # The forward-only path (native dilation, used at inference) computes the same.
+    np.testing.assert_allclose(ours.inference_call(x).numpy(), ref(x).numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,use_context,rounding", [
+    ("multi_dilated", True, "exact"), ("multi_dilated", False, "odd"),
+    ("multi_dilated", True, "paper"), ("multi_tconv", False, "exact"),
+    ("single_tconv", False, "exact")])
+def test_inference_path_equals_layer_by_layer_path(variant, use_context, rounding):
+  """training=False (shared pooling, batched heads, native dilation) == training=True."""
+  spn = SegmentProposalNetwork(SCALES, variant=variant, use_context=use_context, filters=4,
+                               rounding=rounding)
+  x = tf.random.stateless_normal([2, 21, 3], seed=[3, 4])
+  num_steps = tf.constant([21, 9])
+  spn(x, num_steps=num_steps, training=True)  # builds the weights
+  for k, head in enumerate(spn.class_heads):  # non-zero biases, distinct per head
+    head.bias.assign(tf.fill(head.bias.shape, 0.1 * (k + 1)))
+  slow = spn(x, num_steps=num_steps, training=True)
+  fast = spn(x, num_steps=num_steps, training=False)
+  for a, b in zip(fast, slow):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)

@@ -254,14 +254,19 @@ def test_eval_without_checkpoint_fails_clearly(data, tmp_path):
     run_lib.run(config, str(tmp_path / "empty"), "eval")
 
 
+# train_main.py run as `python -m train_main` with the checkout on PYTHONPATH, not by its path:
+# Python resolves a script's symlinks for sys.path[0], and under `bazel test` the script is a
+# runfiles symlink into the source tree, whose tal_tf would shadow the one Bazel built.
+TRAIN_MAIN = [sys.executable, "-m", "train_main"]
+
+
 def test_train_main_killed_with_sigkill_resumes(data, tmp_path):
   """SIGKILL mid-training, restart: training resumes from the last checkpoint."""
   model_dir = str(tmp_path / "killed")
   override = ("train_config { checkpoint_every_n_steps: 4 steps_per_loop: 2 "
               "log_every_n_steps: 2 summary_every_n_steps: 2 }")
-  cmd = [sys.executable, os.path.join(REPO, "train_main.py"),
-         f"--pipeline_config={data['config']}", f"--model_dir={model_dir}", "--mode=train",
-         f"--config_override={override}"]
+  cmd = TRAIN_MAIN + [f"--pipeline_config={data['config']}", f"--model_dir={model_dir}",
+                      "--mode=train", f"--config_override={override}"]
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.Popen(cmd + ["--num_train_steps=100000"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -293,9 +298,8 @@ def test_train_main_reports_bad_config_clearly(tmp_path):
   bad = tmp_path / "bad.config"
   bad.write_text("model { tal_net { num_classes: 2 unknown_field: 3 } }")
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "train_main.py"), f"--pipeline_config={bad}",
-       f"--model_dir={tmp_path / 'm'}"], capture_output=True, text=True, timeout=120,
-      env=dict(os.environ, PYTHONPATH=REPO))
+      TRAIN_MAIN + [f"--pipeline_config={bad}", f"--model_dir={tmp_path / 'm'}"],
+      capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
   assert result.returncode == 2
   assert f"{bad}:1:" in result.stderr and "unknown_field" in result.stderr
 

@@ -1,0 +1,297 @@
+r"""S-CNN ablations (Tab. 3, Fig. 7, the alpha sweep) on the embedded dataset.
+
+  python bench/bench_scnn_ablations.py [--work_dir=/tmp/scnn_ablations] [--steps=300]
+      [--num_videos=60] [--seed=1] [--runs=all|name,name,...] [--fresh]
+
+Every run builds configs/scnn_embedded.config with a `model.scnn` override and trains its
+phases in order ("proposal", "classification", "localization", minus those an ablation drops)
+in its own subprocess, with the same data, steps and seed:
+  * each phase: SGD, momentum 0.9, Caffe-style weight decay 5e-4 (added to the gradient),
+    fc8 at 100x the base rate, step decay (x0.1 proposal, x0.5 classification /
+    localization) every `--steps // 3` iterations: the paper's optimizer with its iteration
+    counts scaled down (base rate --base_lr, see below);
+  * `begin_phase` before each phase (length prior from the training data, localization
+    initialized from the classification network).
+Evaluation follows the paper: mAP at theta from detections post-processed with NMS at
+theta - 0.1 (`evaluation_nms_iou_thresholds`), one post-processing per theta over the same
+network outputs. Fig. 7: the detections of NMS at 0.4, pooled over the test videos, cut to the
+top kappa by score, mAP@0.5 against kappa.
+
+The base rate differs from the paper's 1e-4: the paper fine-tunes fc6 / fc7 from C3D, while on
+features they start from random weights; at 1e-4 a few hundred iterations barely move them
+(measured in bench/README.md). Runs (names for --runs):
+  scnn               the full model                        (Tab. 3, Fig. 7)
+  no_proposal        use_proposal_network: false           (Tab. 3)
+  no_classification  localization not initialized from classification (Fig. 7)
+  no_localization    the classification network scores windows      (Fig. 7)
+  alpha_0.5, alpha_0.75, alpha_1.0   overlap_alpha (the text's stability claim)
+Results: <work_dir>/scnn_ablations.json and .md (printed too); bench/README.md discusses them.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CONFIG = os.path.join(ROOT, "configs", "scnn_embedded.config")
+DIM = 32
+FEATURE_FPS = 2.0
+THETAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+KAPPAS = (25, 50, 100, 200, 400, 800, 1600)
+
+RUNS = {
+    "scnn": ("", "S-CNN"),
+    "no_proposal": ("use_proposal_network: false", "S-CNN (w/o proposal)"),
+    "no_classification": ("initialize_localization_from_classification: false",
+                          "S-CNN (w/o classification)"),
+    "no_localization": ("scoring_network: CLASSIFICATION", "S-CNN (w/o localization)"),
+    "alpha_0.5": ("overlap_alpha: 0.5", "alpha 0.5"),
+    "alpha_0.75": ("overlap_alpha: 0.75", "alpha 0.75"),
+    "alpha_1.0": ("overlap_alpha: 1.0", "alpha 1.0"),
+}
+DECAY = {"proposal": 0.1, "classification": 0.5, "localization": 0.5}
+
+
+def train_phase(model, phase, dataset, steps, base_lr, seed, log):
+  """Paper SGD on `phase`'s variables for `steps` batches of `dataset` (an iterator)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
+  variables = model.phase_variables(phase)
+  velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+  multipliers = [100.0 if re.search(r"/fc8/", v.name) else 1.0 for v in variables]
+  gt_keys = (InputFields.segments, InputFields.labels, InputFields.num_segments)
+
+  @tf.function(reduce_retracing=True)
+  def step(batch, lr):
+    with tf.GradientTape() as tape:
+      pred = model.predict(batch[InputFields.features], batch[InputFields.num_steps],
+                           training=True, phase=phase)
+      losses = model.loss(pred, {k: batch[k] for k in gt_keys}, phase)
+    grads = tape.gradient(losses["total_loss"], variables)
+    for v, g, s, m in zip(variables, grads, velocity, multipliers):
+      # Caffe SGD: V = mu V + lr (g + wd w); w -= V.
+      s.assign(0.9 * s + lr * m * (g + 5e-4 * v))
+      v.assign_sub(s)
+    return losses["total_loss"], losses[f"{phase}_num_windows"]
+
+  decay_every = max(steps // 3, 1)
+  t0 = time.time()
+  for i in range(steps):
+    lr = base_lr * DECAY[phase] ** (i // decay_every)
+    loss, n = step(next(dataset), tf.constant(lr, tf.float32))
+    if (i + 1) % max(steps // 5, 1) == 0 or i < 3:
+      log(f"  {phase} step {i + 1}/{steps} loss {float(loss):.4f} windows {int(n)} "
+          f"lr {lr:.2e} ({time.time() - t0:.0f}s)")
+  del seed
+
+
+def evaluate(model, config):
+  """mAP@theta with NMS theta - 0.1, AR@AN of the proposals, and mAP@0.5 vs top-kappa."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
+  from tal_tf.evaluation import activitynet_protocol  # pylint: disable=g-import-not-at-top
+  from tal_tf.training import eval_lib  # pylint: disable=g-import-not-at-top
+
+  num_classes = model.num_classes
+  class_names = eval_lib.class_names_from_config(config, num_classes)
+  nms = model.evaluation_nms_iou_thresholds(THETAS)
+
+  @tf.function(reduce_retracing=True)
+  def forward(features, num_steps):
+    return model.predict(features, num_steps, training=False)
+
+  @tf.function(reduce_retracing=True)
+  def post(predictions, num_steps, fps, iou):
+    return model.postprocess(predictions, num_steps, fps, nms_iou_threshold=iou)
+
+  collectors = {t: eval_lib.DetectionCollector(class_names, 200) for t in THETAS}
+  for batch in eval_lib.build_eval_dataset(config, num_classes):
+    pred = forward(batch[InputFields.features], batch[InputFields.num_steps])
+    host = tf.nest.map_structure(lambda t: t.numpy(), batch)
+    for theta in THETAS:
+      # The NMS threshold is a Python float: one trace per distinct threshold.
+      dets = post(pred, batch[InputFields.num_steps], batch[InputFields.feature_fps],
+                  nms[theta])
+      collectors[theta].add_batch(host, {k: v.numpy() for k, v in dets.items()})
+  out = {"mAP": {}, "nms": {str(t): nms[t] for t in THETAS}}
+  gt = collectors[THETAS[0]].groundtruth
+  names = [class_names[i] for i in sorted(class_names)]
+  for theta in THETAS:
+    m = activitynet_protocol.mean_average_precision(gt, collectors[theta].results, [theta],
+                                                    class_names=names)
+    out["mAP"][str(theta)] = float(m["mAP"][0])
+  out["avg_mAP"] = float(np.mean(list(out["mAP"].values())))
+  ar = activitynet_protocol.average_recall_metrics(
+      gt, collectors[0.5].proposals, activitynet_protocol.PROPOSAL_TIOU_THRESHOLDS,
+      max_avg_nr_proposals=200, ar_at=(10, 50, 100, 200))
+  out["proposals"] = {f"AR@{k}": float(v) for k, v in ar["ar_at_an"].items()}
+  out["proposals"]["AUC"] = float(ar["auc"])
+  # Fig. 7: top-kappa of the pooled detections (NMS at 0.4), mAP@0.5.
+  results = collectors[0.5].results
+  pooled = sorted(((float(s), v, i) for v, r in results.items()
+                   for i, s in enumerate(r["scores"])), key=lambda x: -x[0])
+  out["num_detections"] = len(pooled)
+  out["top_kappa"] = {}
+  for kappa in KAPPAS + (len(pooled),):
+    keep = {}
+    for _, v, i in pooled[:kappa]:
+      keep.setdefault(v, []).append(i)
+    cut = {}
+    for v, r in results.items():
+      idx = np.array(sorted(keep.get(v, [])), int)
+      cut[v] = {k: np.asarray(r[k])[idx] for k in ("segments", "labels", "scores")}
+    m = activitynet_protocol.mean_average_precision(gt, cut, [0.5], class_names=names)
+    out["top_kappa"][str(kappa)] = float(m["mAP"][0])
+  return out
+
+
+def run_one(name, args):
+  """Trains and evaluates one run in this process; writes <work_dir>/<name>.json."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from tal_tf import demo  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import input_reader_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
+  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
+  from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
+
+  log = lambda msg: print(f"[{name}] {msg}", flush=True)
+  paths = demo.prepare_data(os.path.join(args.work_dir, "data"), args.num_videos, FEATURE_FPS,
+                            DIM, 0)
+  override = demo.demo_override(paths, DIM) + f" model {{ scnn {{ {RUNS[name][0]} }} }}"
+  config = config_util.load_pipeline_config(CONFIG, override)
+  tf_keras.utils.set_random_seed(args.seed)
+  model = model_builder.build(config.model)
+  dims = config_util.stream_dims(config.train_input_reader)
+  model.create_variables(dims)
+
+  def dataset_fn(is_training, repeat):
+    ds = input_reader_builder.build(config.train_input_reader, model.num_classes,
+                                    is_training=is_training, seed=args.seed)
+    return ds if repeat else ds.take(args.prior_batches)
+
+  train = iter(dataset_fn(True, True))
+  t0 = time.time()
+  for phase in model.training_phases:
+    ctx = meta_arch.TrainingContext(dataset_fn, args.work_dir, 0, True, stream_dims=dims)
+    model.begin_phase(phase, ctx)
+    train_phase(model, phase, train, args.steps, args.base_lr, args.seed, log)
+  train_seconds = time.time() - t0
+  metrics = evaluate(model, config)
+  metrics.update(name=name, description=RUNS[name][1], phases=list(model.training_phases),
+                 train_seconds=train_seconds, steps_per_phase=args.steps,
+                 base_lr=args.base_lr, seed=args.seed)
+  log(f"avg mAP {metrics['avg_mAP']:.4f} mAP@0.5 {metrics['mAP']['0.5']:.4f} "
+      f"({train_seconds:.0f}s training)")
+  with open(os.path.join(args.work_dir, f"{name}.json.tmp"), "w") as f:
+    json.dump(metrics, f, indent=1)
+  os.replace(os.path.join(args.work_dir, f"{name}.json.tmp"),
+             os.path.join(args.work_dir, f"{name}.json"))
+
+
+def tables(results):
+  """Markdown tables: Tab. 3, mAP at every theta, Fig. 7 (top-kappa), alpha sweep."""
+  lines = []
+  pct = lambda x: f"{100 * x:.1f}"
+  if "scnn" in results and "no_proposal" in results:
+    lines += ["**Tab. 3** mAP (%) at tIoU 0.5 (NMS 0.4)", "",
+              "| networks | S-CNN (w/o proposal) | S-CNN |", "|---|---|---|",
+              f"| mAP@0.5 | {pct(results['no_proposal']['mAP']['0.5'])} | "
+              f"{pct(results['scnn']['mAP']['0.5'])} |", ""]
+  lines += ["**mAP (%) at theta, NMS at theta - 0.1**", "",
+            "| run | " + " | ".join(str(t) for t in THETAS) + " | avg | AR@100 | train s |",
+            "|---|" + "---|" * (len(THETAS) + 3)]
+  for name, r in results.items():
+    ar = r.get("proposals", {}).get("AR@100")
+    lines.append(f"| {r['description']} | " + " | ".join(pct(r["mAP"][str(t)]) for t in THETAS)
+                 + f" | {pct(r['avg_mAP'])} | {pct(ar) if ar is not None else '-'} | "
+                 f"{r['train_seconds']:.0f} |")
+  fig7 = [n for n in ("scnn", "no_classification", "no_localization") if n in results]
+  if fig7:
+    kappas = list(results[fig7[0]]["top_kappa"])
+    lines += ["", "**Fig. 7** mAP@0.5 (%) of the top-kappa pooled detections", "",
+              "| run | " + " | ".join(f"kappa={k}" for k in kappas) + " |",
+              "|---|" + "---|" * len(kappas)]
+    for n in fig7:
+      tk = results[n]["top_kappa"]
+      lines.append(f"| {results[n]['description']} | "
+                   + " | ".join(pct(v) for v in tk.values()) + " |")
+  return "\n".join(lines)
+
+
+def plot_fig7(results, path):
+  """Fig. 7 as a PNG (matplotlib if available)."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for n in ("scnn", "no_classification", "no_localization"):
+    if n in results:
+      tk = results[n]["top_kappa"]
+      ax.plot([int(k) for k in tk], [100 * v for v in tk.values()], marker="o",
+              label=results[n]["description"])
+  ax.set_xscale("log")
+  ax.set_xlabel("kappa (top-kappa detections)")
+  ax.set_ylabel("mAP@0.5 (%)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--work_dir", default="/tmp/scnn_ablations")
+  parser.add_argument("--steps", type=int, default=300, help="iterations per phase")
+  parser.add_argument("--base_lr", type=float, default=1e-3)
+  parser.add_argument("--prior_batches", type=int, default=60,
+                      help="training batches read for the length prior")
+  parser.add_argument("--num_videos", type=int, default=60)
+  parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--runs", default="all")
+  parser.add_argument("--fresh", action="store_true")
+  parser.add_argument("--one", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  os.makedirs(args.work_dir, exist_ok=True)
+  if args.one:
+    run_one(args.one, args)
+    return
+  names = list(RUNS) if args.runs == "all" else args.runs.split(",")
+  unknown = [n for n in names if n not in RUNS]
+  if unknown:
+    raise SystemExit(f"--runs: unknown {unknown}; expected names from {list(RUNS)}")
+  results = {}
+  for name in names:
+    path = os.path.join(args.work_dir, f"{name}.json")
+    if args.fresh or not os.path.exists(path):
+      cmd = [sys.executable, os.path.abspath(__file__), f"--one={name}"] + [
+          a for a in sys.argv[1:] if not a.startswith("--runs") and a != "--fresh"]
+      subprocess.run(cmd, check=True)
+    with open(path) as f:
+      results[name] = json.load(f)
+  md = tables(results)
+  print(md)
+  with open(os.path.join(args.work_dir, "scnn_ablations.md"), "w") as f:
+    f.write(md + "\n")
+  with open(os.path.join(args.work_dir, "scnn_ablations.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  png = plot_fig7(results, os.path.join(args.work_dir, "scnn_fig7.png"))
+  if png:
+    print(f"Fig. 7 plot: {png}")
+
+
+if __name__ == "__main__":
+  main()
