@@ -188,7 +188,7 @@ def long_video_child(export_dir, steps, window, overlap, batch_size, threads, wo
   """One long-video run in this (fresh) process; prints a JSON line."""
   _tf(threads)
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
+  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(steps)
   dirs = {}
@@ -204,7 +204,7 @@ def long_video_child(export_dir, steps, window, overlap, batch_size, threads, wo
       array.flush()
       del array
   detector = inference_lib.SavedModelDetector(export_dir)
-  source = feature_sources.NpyDirSource(dirs, detector.stream_dims, FPS)
+  source = feature_readers.NpyDirSource(dirs, detector.stream_dims, FPS)
   # Warm up the signature (first call initialises kernels) on a short window.
   detector({s: np.zeros((1, 8, 1024), np.float32) for s in dirs}, [8], [FPS])
   loaded_rss = _vm_rss_mb()

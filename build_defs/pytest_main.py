@@ -27,6 +27,9 @@ class _ShardPlugin:
     self.index = index
     self.kept = 0
 
+  # trylast: deal only what survives pytest's own selection (-k, -m), so that an empty shard is
+  # recognised as such.
+  @pytest.hookimpl(trylast=True)
   def pytest_collection_modifyitems(self, config, items):
     keep, drop = [], []
     for i, item in enumerate(items):

@@ -185,11 +185,14 @@ def _crop_video_labels(value, window):
   """Drops a class from the video-level labels when the video has segments of that class
   but the crop keeps none of them. A class with no segment in the whole video (its label
   came only from the annotation's video-level "labels", e.g. weakly labelled videos) cannot
-  be located, so it is kept: nothing says the crop lost it."""
-  window.require_segments(F.video_labels)
-  if F.labels not in window.decoded:
-    raise ValueError(f"cropping field {F.video_labels!r} needs {F.labels!r} in the decoded "
-                     "dict")
+  be located, so it is kept: nothing says the crop lost it.
+
+  Only where the segments were decoded, i.e. for a model that also asks for segments and
+  labels (or for every field): a weakly supervised model asks for video_labels alone, so
+  its records' segments are never parsed and its labels stay the whole video's, as in
+  weak supervision (the segments must not leak into training through the crop)."""
+  if window.keep is None or F.labels not in window.decoded:
+    return value
   labels = window.decoded[F.labels]
   num_classes = value.shape[-1]
   anywhere = multi_hot(labels, num_classes)
@@ -276,8 +279,7 @@ FIELDS = collections.OrderedDict((row.key, row) for row in [
     InputField(
         F.video_labels, {SEF.video_labels: tf.io.VarLenFeature(tf.int64)},
         lambda c, s, l, d, n: _sparse_multi_hot(c[SEF.video_labels], n, "video/labels"),
-        lambda t, g, n, d: [n], 0.0, tf.float32, _crop_video_labels,
-        (F.segments, F.labels)),
+        lambda t, g, n, d: [n], 0.0, tf.float32, _crop_video_labels, ()),
 ])
 
 # Fields of every batch, whatever the model asks for.

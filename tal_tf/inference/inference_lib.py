@@ -21,7 +21,7 @@ from absl import logging
 import numpy as np
 
 from tal_tf.core.standard_fields import DetectionFields
-from tal_tf.inference import feature_sources
+from tal_tf.dataset_tools import feature_readers
 from tal_tf.inference import windowing
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -159,7 +159,7 @@ dict (videos, windows, batches, seconds)."""
 def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_size=1,
                   nms_iou_threshold=0.7, proposal_nms_iou_threshold=0.7,
                   max_detections=None, max_proposals=300, progress_every=0):
-  """Detects actions in every video of `source` (a feature_sources source).
+  """Detects actions in every video of `source` (a feature_readers source).
 
   Args:
     detector: SavedModelDetector / CheckpointDetector (or any callable with its interface
@@ -220,7 +220,7 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
       if state.error is None:
         try:
           chunks.append((state, start, length, state.video.read(start, start + length)))
-        except feature_sources.FeatureError as e:
+        except feature_readers.FeatureError as e:
           state.error = str(e)
       if state.error is not None:
         state.remaining -= 1

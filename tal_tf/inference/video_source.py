@@ -1,4 +1,4 @@
-"""Raw videos as an inference feature source: decode -> features -> `feature_sources.Video`.
+"""Raw videos as an inference feature source: decode -> features -> `feature_readers.Video`.
 
 `VideoSource(videos, extractor, stream_dims)` iterates like the feature-file sources
 (`(video_id, Video or FeatureError)`), extracting each video's features with a
@@ -14,7 +14,7 @@ TensorBoard detection timelines) into a PNG.
 
 import collections
 
-from tal_tf.inference import feature_sources
+from tal_tf.dataset_tools import feature_readers
 from tal_tf.video import decoding
 
 
@@ -42,7 +42,7 @@ class VideoSource:
       try:
         features = self.extractor.extract(path)
       except decoding.VideoError as e:
-        yield video_id, feature_sources.FeatureError(f"{e.kind}: {e.message}")
+        yield video_id, feature_readers.FeatureError(f"{e.kind}: {e.message}")
         continue
       num_steps = min(v.shape[0] for v in features.values())
       fps = self.extractor.feature_fps
@@ -50,7 +50,7 @@ class VideoSource:
 
       def read(a, b, features=features):
         return {s: features[s][a:b] for s in self.stream_dims}
-      yield video_id, feature_sources.Video(video_id, num_steps, fps, read, path)
+      yield video_id, feature_readers.Video(video_id, num_steps, fps, read, path)
 
 
 def write_timeline_png(path, results_by_video, durations=None, top_k=10,

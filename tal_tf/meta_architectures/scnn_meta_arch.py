@@ -234,10 +234,12 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
       self.compute_length_prior(context.dataset_fn(False, False))
     if not context.fresh:
       return  # Resuming inside the phase: the checkpoint holds the weights.
-    if phase in (PROPOSAL, CLASSIFICATION) and self._pretrained_initializer is not None:
-      self._pretrained_initializer(self._networks[phase])
     if phase == LOCALIZATION and self._init_loc_from_cls:
       self.initialize_localization_from_classification()
+    elif self._pretrained_initializer is not None:
+      # C3D Sports-1M initializes the proposal and classification networks (Sec. 3.1), and
+      # the localization network when it does not start from the classification network.
+      self._pretrained_initializer(self._networks[phase])
 
   def initialize_localization_from_classification(self):
     """Copies every classification-network weight into the localization network."""

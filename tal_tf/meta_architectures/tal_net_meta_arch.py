@@ -313,7 +313,13 @@ class TalNetMetaArch(meta_arch.TemporalDetectionModel):
     pooled = soi_pooling.soi_pooling(
         maps[0] if len(maps) == 1 else tf.concat(maps, axis=-1), proposals, num_steps,
         num_bins=self._soi_num_bins, context_fraction=self._soi_context)
-    pooled = tf.split(pooled, [m.shape[-1] for m in maps], axis=-1) if len(maps) > 1 else [pooled]
+    if len(maps) > 1:
+      dims = [m.shape[-1] for m in maps]
+      if None in dims:  # channels known only at run time (e.g. an unchecked serving input)
+        dims = tf.stack([tf.shape(m)[-1] for m in maps])
+      pooled = tf.split(pooled, dims, axis=-1, num=len(maps))
+    else:
+      pooled = [pooled]
     logits, encodings = [], []
     for head, branch_pooled in zip(self._heads, pooled):
       cls, enc = head(branch_pooled, training=training)

@@ -133,7 +133,9 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
   config_path = str(tmp_path / "pipeline.config")
   config = _shrunk_config(case, data, config_path)
   model_dir = str(tmp_path / "model")
-  train = [sys.executable, os.path.join(REPO, "train_main.py"),
+  # `-m train_main` (on PYTHONPATH), not the script's path: Python resolves a script's symlinks
+  # for sys.path[0], and under `bazel test` that would import tal_tf from the source tree.
+  train = [sys.executable, "-m", "train_main",
            f"--pipeline_config={config_path}", f"--model_dir={model_dir}"]
 
   # Train, stopping before the end; the resumed run must continue from that checkpoint.

@@ -40,8 +40,8 @@ def records(tmp_path_factory):
 def test_resolve_adds_always_eval_groundtruth_and_requirements():
   out, parsed = input_fields.resolve((F.video_labels,), is_training=True, num_classes=5)
   assert set(out) == set(input_fields.ALWAYS) | {F.video_labels}
-  # Cropping video labels reads the segments and their labels: parsed, not output.
-  assert set(parsed) == set(out) | {F.segments, F.labels}
+  # A weakly supervised model's records are read without their segments: parsed == output.
+  assert set(parsed) == set(out)
   out, _ = input_fields.resolve((F.video_labels,), is_training=False, num_classes=5)
   assert set(out) == (set(input_fields.ALWAYS) | {F.video_labels}
                       | set(input_fields.EVAL_GROUNDTRUTH))

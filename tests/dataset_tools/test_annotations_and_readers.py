@@ -177,10 +177,9 @@ def test_npy_rows_read_windows_c_and_fortran_order(tmp_path):
 
 
 def test_one_reader_family_for_converter_and_inference(tmp_path):
-  """The inference module's sources are the converter's: same classes, same checks."""
-  from tal_tf.inference import feature_sources  # pylint: disable=g-import-not-at-top
-  assert feature_sources.NpyDirSource is fr.NpyDirSource
-  assert feature_sources.FeatureError is fr.FeatureError
+  """Inference reads features with the converter's readers: same classes, same checks."""
+  from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
+  assert inference_lib.feature_readers is fr
   d = {s: os.path.join(str(tmp_path), s) for s in ("rgb", "flow")}
   for s, dim in (("rgb", 3), ("flow", 2)):
     os.makedirs(d[s])

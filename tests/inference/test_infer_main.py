@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tal_tf.data import sequence_example
 from tal_tf.evaluation import io as eval_io
-from tal_tf.inference import feature_sources
+from tal_tf.dataset_tools import feature_readers
 from tal_tf.inference import infer_main
 from tal_tf.inference import inference_lib
 from tal_tf.inference import windowing
@@ -233,16 +233,16 @@ def test_usage_errors_are_clear(exported, features, tmp_path):
   with pytest.raises(ValueError, match="holds no saved_model.pb"):
     inference_lib.resolve_saved_model_dir(str(tmp_path))
   with pytest.raises(ValueError, match="must be the streams .* of the model"):
-    feature_sources.NpyDirSource({"rgb": features["dirs"]["rgb"]}, tiny_model.STREAM_DIMS, 1.0)
+    feature_readers.NpyDirSource({"rgb": features["dirs"]["rgb"]}, tiny_model.STREAM_DIMS, 1.0)
   with pytest.raises(ValueError, match="needs --feature_fps > 0"):
-    iter(feature_sources.NpyDirSource(features["dirs"], tiny_model.STREAM_DIMS, None))
+    iter(feature_readers.NpyDirSource(features["dirs"], tiny_model.STREAM_DIMS, None))
   with pytest.raises(app.UsageError, match="--hdf5_features needs --feature_fps > 0"):
     infer_main.run(_flags(f"--saved_model_dir={exported['export_dir']}",
                           f"--hdf5_features={features['h5']}", "--output=x.json"))
 
 
 # ----------------------------------------------------------------------------- bounded reads
-class _RecordingVideo(feature_sources.Video):
+class _RecordingVideo(feature_readers.Video):
   """A synthetic long video that records every read."""
 
   def __init__(self, video_id, num_steps, fps, log):

@@ -381,3 +381,20 @@ def test_export_serves_and_carries_the_length_prior(tmp_path):
   want = model.postprocess(pred, tf.constant([50, 30]), tf.constant([2.0, 2.0]))
   for key in (DF.num_detections, DF.detection_scores, DF.num_proposals):
     np.testing.assert_allclose(served[key].numpy(), want[key].numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("extra,want", [
+    ("", ["scnn_proposal", "scnn_classification"]),
+    ("initialize_localization_from_classification: false",
+     ["scnn_proposal", "scnn_localization"])])
+def test_pretrained_weights_initialize_the_paper_networks_when_fresh(extra, want):
+  model = build(extra)
+  model.create_variables({"rgb": 3, "flow": 2})
+  loaded = []
+  model._pretrained_initializer = lambda network: loaded.append(network.name)
+  for fresh in (False, True):
+    ctx = meta_arch.TrainingContext(lambda *a: [], "/tmp", 0, fresh,
+                                    stream_dims={"rgb": 3, "flow": 2})
+    for phase in model.training_phases:
+      model.begin_phase(phase, ctx)
+  assert loaded == want  # only when a phase starts fresh, never on resume

@@ -33,4 +33,5 @@ def test_compile_into_fresh_directory(tmp_path):
 def test_model_oneof_reserves_all_four_meta_architectures():
   from tal_tf.protos import model_pb2
   oneof = model_pb2.Model.DESCRIPTOR.oneofs_by_name["model"]
-  assert {f.name for f in oneof.fields} == {"tal_net", "scnn", "wtal", "etp"}
+  # The four paper architectures, plus `external` for models registered outside tal_tf.
+  assert {f.name for f in oneof.fields} == {"tal_net", "scnn", "wtal", "etp", "external"}

@@ -10,7 +10,7 @@ import pytest
 
 from tal_tf.dataset_tools import extract_features
 from tal_tf.evaluation import io as eval_io
-from tal_tf.inference import feature_sources
+from tal_tf.dataset_tools import feature_readers
 from tal_tf.inference import infer_main
 from tal_tf.inference import video_source
 from tal_tf.video import feature_extraction as fe
@@ -101,7 +101,7 @@ def test_video_source_single_file_bad_video_and_mismatched_extractor(setup, tmp_
   broken.mkdir()
   (broken / "bad.mp4").write_bytes(b"not a video" * 100)
   (video_id, error), = list(video_source.VideoSource(str(broken), extractor, DIMS))
-  assert video_id == "bad" and isinstance(error, feature_sources.FeatureError)
+  assert video_id == "bad" and isinstance(error, feature_readers.FeatureError)
   assert "video_unreadable" in str(error) and "bad.mp4" in str(error)
 
   rgb_only = types.SimpleNamespace(stream_dims={"rgb": 16})
