@@ -5,7 +5,7 @@ from tal_tf.utils import config_util
 
 
 def build(reader_config, num_classes, is_training, input_context=None, seed=None,
-          batch_size=None, fields=None):
+          batch_size=None, fields=None, start_position=None, log_fn=None):
   """InputReader proto -> tf.data.Dataset of padded batches (InputFields keys).
 
   `fields`: the model's `input_fields` (InputFields keys it trains on; None = every known
@@ -14,7 +14,9 @@ def build(reader_config, num_classes, is_training, input_context=None, seed=None
   (tal_tf/data/input_fields.py resolves this). `batch_size` overrides the reader's global
   batch size (e.g. eval on one video at a time); with an `input_context`, `build_dataset`
   derives the per-replica batch from the global one. `class_aware_batching` (training only)
-  draws each batch by class (tal_tf/data/class_aware_sampler.py).
+  draws each batch by class (tal_tf/data/class_aware_sampler.py). `start_position`
+  (training): read in the resumable order (tal_tf/data/deterministic_order.py) from that
+  many records on; `log_fn` hears how it shards.
   """
   batch = int(batch_size or reader_config.batch_size)
   class_aware = None
@@ -38,4 +40,6 @@ def build(reader_config, num_classes, is_training, input_context=None, seed=None
       repeat=reader_config.repeat if is_training else False,
       seed=seed,
       fields=fields,
-      class_aware=class_aware)
+      class_aware=class_aware,
+      start_position=start_position,
+      log_fn=log_fn)

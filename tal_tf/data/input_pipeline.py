@@ -95,7 +95,7 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
                   max_steps=None, min_kept_fraction=0.5, shuffle_buffer=256,
                   num_parallel_reads=4, skip_corrupt=False, max_segments=None,
                   input_context=None, repeat=None, seed=None, corrupt_counter=None,
-                  fields=None, class_aware=None):
+                  fields=None, class_aware=None, start_position=None, log_fn=None):
   """Builds the batched input dataset from TFRecords of SequenceExamples.
 
   Args:
@@ -128,6 +128,11 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
       every batch as K classes with >= M videos each by video-level labels (see
       class_aware_sampler; needs num_classes; replaces file/record shuffling and always
       repeats), or None.
+    start_position: training only: read endlessly in the resumable order of
+      `deterministic_order.ordered_records` (crops seeded per record and epoch), starting
+      after this many records consumed by all input pipelines together; or None.
+      Class-aware batching takes precedence (its draws are not resumable).
+    log_fn: called with a line saying how the resumable order shards and starts.
   Returns:
     tf.data.Dataset of dicts (InputFields keys, the resolved `fields`): features
     {stream: [B, T, D]}, num_steps [B], groundtruth_segments / _seconds [B, G, 2] (window
@@ -158,12 +163,27 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
     dataset = _class_aware_records(files, num_classes, per_replica_batch, class_aware,
                                    skip_corrupt, input_context, seed)
     shuffle = False
+    if start_position is not None and log_fn:
+      log_fn("class-aware batches are drawn afresh on resume (not from the saved position)")
+  elif is_training and start_position is not None:
+    # Records paired with their own crop seeds, a function of (seed, epoch, position).
+    # (Imported here: deterministic_order reads files through this module.)
+    from tal_tf.data import deterministic_order  # pylint: disable=g-import-not-at-top
+    dataset = deterministic_order.ordered_records(
+        files, sizes, seed, start_position,
+        shuffle=bool(shuffle_buffer and int(shuffle_buffer) > 0),
+        shuffle_window=int(shuffle_buffer or 1), num_parallel_reads=num_parallel_reads,
+        input_context=input_context, skip_corrupt=skip_corrupt,
+        corrupt_counter=corrupt_counter, log_fn=log_fn)
+    shuffle = False  # The order is fixed: decoding may keep it.
   else:
     dataset, shuffle = _records(files, sizes, is_training, shuffle_buffer, num_parallel_reads,
                                 skip_corrupt, input_context, repeat, seed, corrupt_counter)
   dataset = _decode_and_batch(dataset, stream_dims, num_classes, per_replica_batch,
                               is_training, max_steps, min_kept_fraction, max_segments, seed,
-                              output_keys, parsed_keys, shuffle)
+                              output_keys, parsed_keys, shuffle,
+                              seeded=is_training and start_position is not None and
+                              class_aware is None)
   dataset.corrupt_counter = corrupt_counter
   return dataset
 
@@ -228,11 +248,14 @@ def _records(files, sizes, is_training, shuffle_buffer, num_parallel_reads, skip
 
 def _decode_and_batch(dataset, stream_dims, num_classes, per_replica_batch, is_training,
                       max_steps, min_kept_fraction, max_segments, seed, output_keys,
-                      parsed_keys, shuffle):
-  """Serialized records -> decoded, cropped (training), padded batches."""
+                      parsed_keys, shuffle, seeded=False):
+  """Serialized records (or, `seeded`, (record, crop seed int64 [2]) pairs) -> decoded,
+  cropped (training), padded batches."""
   crop = is_training and max_steps is not None
 
-  if crop:
+  if seeded:
+    pass  # Each record carries its crop seed.
+  elif crop:
     # One independent stateless seed per record: crops are reproducible for a given `seed`
     # even though decoding runs in parallel.
     dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.random(seed=seed).batch(2)))

@@ -16,6 +16,7 @@ from tal_tf.builders import input_reader_builder
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.data import label_map_util
+from tal_tf.evaluation import class_activation_plot
 from tal_tf.evaluation import evaluator as evaluator_lib
 from tal_tf.evaluation import io as eval_io
 
@@ -114,15 +115,25 @@ def make_detect_fn(model):
   return detect
 
 
-def collect(model, dataset, class_names, max_detections_per_video, max_videos=0):
-  """Runs `model` over `dataset`; returns a filled DetectionCollector."""
+def collect(model, dataset, class_names, max_detections_per_video, max_videos=0,
+            num_activation_videos=0):
+  """Runs `model` over `dataset`; returns a filled DetectionCollector. For a model that
+  outputs per-step class scores, the first `num_activation_videos` videos' curves are kept
+  in `collector.activation_videos` (drawn to TensorBoard)."""
   collector = DetectionCollector(class_names, max_detections_per_video)
+  collector.activation_videos = []
   detect = make_detect_fn(model)
+  curves = class_activation_plot.STEP_CLASS_SCORES in model.output_fields
   for batch in dataset:
     dets = detect(batch[InputFields.features], batch[InputFields.num_steps],
                   batch[InputFields.feature_fps])
-    collector.add_batch(tf.nest.map_structure(lambda t: t.numpy(), batch),
-                        {k: v.numpy() for k, v in dets.items()})
+    batch_np = tf.nest.map_structure(lambda t: t.numpy(), batch)
+    dets_np = {k: v.numpy() for k, v in dets.items()}
+    collector.add_batch(batch_np, dets_np)
+    wanted = num_activation_videos - len(collector.activation_videos)
+    if curves and wanted > 0:
+      collector.activation_videos.extend(class_activation_plot.activation_videos_from_batch(
+          batch_np, dets_np, class_names, limit=wanted))
     if max_videos and len(collector.groundtruth) >= max_videos:
       break
   return collector
@@ -169,7 +180,8 @@ def evaluate_model(model, config, step, output_dir):
   dataset = build_eval_dataset(config, num_classes)
   collector = collect(model, dataset, class_names,
                       eval_config.max_detections_per_video or 200,
-                      eval_config.max_videos)
+                      eval_config.max_videos,
+                      num_activation_videos=eval_config.num_visualizations)
   if not collector.groundtruth:
     raise ValueError("the eval input produced no videos; check eval_input_reader.input_path")
   evaluator = evaluator_from_config(eval_config)
@@ -187,6 +199,11 @@ def evaluate_model(model, config, step, output_dir):
         metrics, groundtruth, collector.results,
         num_videos=eval_config.num_visualizations).items():
       tf.summary.image(name, image[np.newaxis], max_outputs=1)
+    if collector.activation_videos:
+      # Weakly supervised models: per-step class activation curves, ground truth shaded.
+      image = class_activation_plot.plot_class_activation_curves(
+          collector.activation_videos, [class_names[i] for i in sorted(class_names)])
+      tf.summary.image("class_activations", image[np.newaxis], max_outputs=1)
   writer.flush()
   writer.close()
   scalars = evaluator_lib.scalar_metrics(metrics)

@@ -71,7 +71,8 @@ def run(config, model_dir, mode, num_train_steps=None, checkpoint=None):
         train_lib.write_metrics_json(metrics, model_dir, step)
         results["metrics"] = metrics
     step = trainer.train(evaluate_fn)
-    if evaluate_fn is not None:
+    # Multi-worker: the chief evaluates; the other workers are done.
+    if evaluate_fn is not None and trainer.is_chief:
       evaluate_fn(step)
       return results["metrics"]
     return None

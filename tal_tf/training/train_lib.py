@@ -3,11 +3,19 @@
 One loop for every meta-architecture: the model's `predict` / `loss` run under a
 `tf.distribute` strategy inside a `tf.function` that executes `steps_per_loop` steps per
 call. Checkpoints hold the model, the optimizer (its step counter is the global step) and,
-by default, the input iterator's position; a run restarted in the same model_dir resumes
-from the newest checkpoint, so a killed run loses at most one checkpoint interval.
+by default, the input position (the iterator's state, or under several replicas the number
+of records consumed in the resumable order of `tal_tf.data.deterministic_order`); a run
+restarted in the same model_dir resumes from the newest checkpoint, so a killed run loses at
+most one checkpoint interval.
+
+Multi-worker (`distribution_strategy: "multi_worker_mirrored"`, cluster from TF_CONFIG):
+every worker runs this same loop in lockstep; the chief alone holds the model_dir lock and
+writes checkpoints, summaries, the as-run config and evaluation. Saving is collective, so
+the other workers save too, each into its own `workertemp_<task id>` folder of model_dir,
+removed after every save and at the end (TensorFlow's documented pattern). All workers
+restore from the chief's checkpoints, so model_dir must be on storage they share.
 """
 
-import json
 import math
 import os
 import re
@@ -31,8 +39,13 @@ EVAL_SUBDIR = "eval"
 METRICS_FILE = "metrics.json"
 
 
+STRATEGIES = ("default", "mirrored", "one_device", "multi_worker_mirrored")
+INPUT_ORDERS = ("auto", "iterator", "deterministic")
+WORKER_TEMP_PREFIX = "workertemp_"
+
+
 def build_strategy(name):
-  """Distribution strategy by name: default, mirrored or one_device."""
+  """Distribution strategy by name (one of STRATEGIES)."""
   name = (name or "default").lower()
   if name == "default":
     return tf.distribute.get_strategy()
@@ -44,8 +57,25 @@ def build_strategy(name):
     return tf.distribute.MirroredStrategy(cpus)
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy("/cpu:0")
-  raise ValueError(f"train_config.distribution_strategy: unknown {name!r}; expected "
-                   "default, mirrored or one_device")
+  if name == "multi_worker_mirrored":
+    # The cluster and this process's task come from TF_CONFIG (none: a one-worker cluster).
+    # Must be created before any other TensorFlow op runs in the process.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  raise ValueError(f"train_config.distribution_strategy: unknown {name!r}; expected one of "
+                   f"{', '.join(STRATEGIES)}")
+
+
+def is_multi_worker(strategy):
+  """True for strategies that span processes (each has its own task in TF_CONFIG)."""
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def worker_write_dir(strategy, model_dir):
+  """Where this process writes checkpoints: model_dir on the chief, else a folder of its
+  own inside it (deleted after each save)."""
+  if strategy.extended.should_checkpoint:
+    return model_dir
+  return os.path.join(model_dir, f"{WORKER_TEMP_PREFIX}{strategy.cluster_resolver.task_id}")
 
 
 def groundtruth_from_batch(batch, fields):
@@ -143,6 +173,17 @@ class Trainer:
     config_util.check_numeric_fields(config)
     tf.io.gfile.makedirs(model_dir)
     self.strategy = build_strategy(train_config.distribution_strategy)
+    # Only the chief writes to model_dir (always true for one-process strategies).
+    self.is_chief = bool(self.strategy.extended.should_checkpoint)
+    self.write_dir = worker_write_dir(self.strategy, model_dir)
+    order = (train_config.input_order or "auto").lower()
+    if order not in INPUT_ORDERS:
+      raise ValueError(f"train_config.input_order: unknown {order!r}; expected one of "
+                       f"{', '.join(INPUT_ORDERS)}")
+    several = self.strategy.num_replicas_in_sync > 1 or is_multi_worker(self.strategy)
+    # The iterator of several replicas cannot be checkpointed (TF 2.17): "auto" then uses the
+    # order that needs only a position to resume.
+    self.resumable_order = order == "deterministic" or (order == "auto" and several)
     if train_config.seed:
       # Seeds Python, numpy and TF so weight initialization (and sampling) repeat.
       tf_keras.utils.set_random_seed(train_config.seed)
@@ -154,6 +195,9 @@ class Trainer:
       specs, self.num_train_steps = train_phase_builder.build(
           train_config, self.model.training_phases, num_train_steps)
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+      # Training records consumed by all replicas together (the resumable order's position).
+      self.input_position = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                        name="input_position")
       self._create_variables()
       self.phases = []
       start = 0
@@ -166,6 +210,7 @@ class Trainer:
     self._train_fns = {}
     self._checkpoint = None
     self._manager = None
+    self.resumed_checkpoint = None
 
   @property
   def optimizer(self):
@@ -202,10 +247,11 @@ class Trainer:
   # ---------------------------------------------------------------- data + checkpoints
   def _dataset_fn(self, input_context=None):
     seed = self.config.train_config.seed or None
+    start = int(self.input_position.numpy()) if self.resumable_order else None
     return input_reader_builder.build(
         self.config.train_input_reader, num_classes=self.model.num_classes,
         is_training=True, input_context=input_context, seed=seed,
-        fields=self.model.input_fields)
+        fields=self.model.input_fields, start_position=start, log_fn=logging.info)
 
   def phase_dataset(self, is_training, repeat):
     """Padded batches of the training records (for `begin_phase`): shuffled + cropped when
@@ -221,7 +267,8 @@ class Trainer:
         batch_size=None if is_training else 1)
 
   def train_iterator(self):
-    """The (distributed) training iterator, created once."""
+    """The (distributed) training iterator, created once (after a restore: the resumable
+    order starts at the restored position)."""
     if self._train_iterator is None:
       dataset = self.strategy.distribute_datasets_from_function(self._dataset_fn)
       self._train_iterator = iter(dataset)
@@ -229,24 +276,28 @@ class Trainer:
 
   def checkpoint_manager(self, with_input=True):
     """CheckpointManager over model, global step, each phase's optimizer and (optionally)
-    the input position."""
+    the input position; it writes to this worker's write_dir."""
     if self._manager is None:
       items = dict(model=self.model, global_step=self.global_step)
       for phase in self.phases:
         items[f"optimizer_{phase.name}"] = phase.optimizer
-      if with_input and self.config.train_config.checkpoint_input_position:
+      if (with_input and self.config.train_config.checkpoint_input_position and
+          self.resumable_order):
+        items["input_position"] = self.input_position
+      elif with_input and self.config.train_config.checkpoint_input_position:
         iterator = self.train_iterator()
         if isinstance(iterator, tf.__internal__.tracking.Trackable):
           items["train_iterator"] = iterator
         else:
           # Multi-replica distributed iterators cannot be saved in TF 2.17: a resumed run
           # keeps model and optimizer state but restarts the data order.
-          logging.warning("the input position is not checkpointed under %s (%d replicas); a "
-                          "resumed run restarts the data order",
+          logging.warning("the input position is not checkpointed under %s (%d replicas) "
+                          "with input_order 'iterator'; a resumed run restarts the data "
+                          "order ('auto' or 'deterministic' would continue it)",
                           type(self.strategy).__name__, self.strategy.num_replicas_in_sync)
       self._checkpoint = tf.train.Checkpoint(**items)
       self._manager = checkpoint_util.open_manager(
-          self._checkpoint, self.model_dir,
+          self._checkpoint, self.write_dir,
           max_to_keep=self.config.train_config.max_checkpoints_to_keep,
           step_counter=self.global_step)
     return self._manager
@@ -255,12 +306,16 @@ class Trainer:
     """Restores the newest checkpoint in model_dir, else the fine-tune checkpoint (if any);
     returns the path restored or None."""
     manager = self.checkpoint_manager()
-    checkpoint_util.remove_stale_temp_dirs(self.model_dir)
+    if self.is_chief:
+      checkpoint_util.remove_stale_temp_dirs(self.model_dir)
     # expect_partial: the input position may be absent (e.g. written under another
     # strategy); everything else was created up front and restores immediately. A damaged
-    # newest checkpoint is named and the previous intact one is used.
-    path = checkpoint_util.restore_newest_intact(self._checkpoint, self.model_dir,
-                                                 manager.latest_checkpoint)
+    # newest checkpoint is named and the previous intact one is used. Every worker restores
+    # the chief's checkpoints (model_dir).
+    path = checkpoint_util.restore_newest_intact(
+        self._checkpoint, self.model_dir,
+        manager.latest_checkpoint if self.is_chief else None)
+    self.resumed_checkpoint = path
     if path:
       logging.info("restored %s (step %d)", path, int(self.global_step.numpy()))
       return path
@@ -316,19 +371,23 @@ class Trainer:
     if phase.name in self._train_fns:
       return self._train_fns[phase.name]
     strategy = self.strategy
+    global_batch = tf.constant(self.config.train_input_reader.batch_size, tf.int64)
+
+    def one_step(iterator):
+      per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
+      self.global_step.assign_add(1)
+      self.input_position.assign_add(global_batch)
+      return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+              for k, v in per_replica.items()}
 
     @tf.function
     def train_loop(iterator, num_steps):
-      sums = None
-      for _ in tf.range(num_steps):
-        per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
-        step_losses = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-                       for k, v in per_replica.items()}
-        self.global_step.assign_add(1)
-        if sums is None:
-          sums = step_losses
-        else:
-          sums = {k: sums[k] + step_losses[k] for k in sums}
+      # The first step runs before the loop so the loss sums start as tensors (a None
+      # loop variable is not allowed in a graph loop). num_steps >= 1.
+      sums = one_step(iterator)
+      for _ in tf.range(num_steps - 1):
+        step_losses = one_step(iterator)
+        sums = {k: sums[k] + step_losses[k] for k in sums}
       return {k: v / tf.cast(num_steps, tf.float32) for k, v in sums.items()}
 
     self._train_fns[phase.name] = train_loop
@@ -346,23 +405,52 @@ class Trainer:
     self.model.begin_phase(phase.name, context)
 
   # ---------------------------------------------------------------- the loop
-  def train(self, evaluate_fn=None):
+  def train(self, evaluate_fn=None, after_loop_fn=None):
     """Trains to num_train_steps through the phases, checkpointing, logging and
     summarizing as configured.
 
-    `evaluate_fn(step)` (optional) runs every `eval_every_n_steps` and at the end.
+    `evaluate_fn(step)` (optional) runs on the chief every `eval_every_n_steps` and at the
+    end. `after_loop_fn(step)` (optional) runs on every worker after each tf.function loop
+    (every `steps_per_loop` steps or fewer) with the global step reached.
     """
+    if not self.is_chief:
+      try:
+        return self._train(evaluate_fn, after_loop_fn)
+      finally:
+        self._remove_write_dir()
     with checkpoint_util.ModelDirLock(self.model_dir):
-      return self._train(evaluate_fn)
+      return self._train(evaluate_fn, after_loop_fn)
 
-  def _train(self, evaluate_fn):
+  def _remove_write_dir(self):
+    """Deletes a non-chief worker's checkpoint folder."""
+    if not self.is_chief and tf.io.gfile.exists(self.write_dir):
+      tf.io.gfile.rmtree(self.write_dir)
+
+  def _save(self, step):
+    """Saves a checkpoint on every worker (saving is collective); a non-chief's copy is
+    deleted at once."""
+    if not self.is_chief:
+      tf.io.gfile.makedirs(self.write_dir)
+    # A failed write (disk full) names the intact previous checkpoint.
+    checkpoint_util.save_or_explain(self.checkpoint_manager(), step)
+    self._remove_write_dir()
+
+  def _train(self, evaluate_fn, after_loop_fn):
     train_config = self.config.train_config
-    config_util.save_pipeline_config(self.config, self.model_dir)
-    manager = self.checkpoint_manager()
+    if self.is_chief:
+      config_util.save_pipeline_config(self.config, self.model_dir)
+    else:
+      self._remove_write_dir()  # Left by a killed run.
+    self.checkpoint_manager()
     self.restore()
     iterator = self.train_iterator()
-    writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
+    if self.is_chief:
+      writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
+    else:
+      writer = tf.summary.create_noop_writer()
     step = int(self.global_step.numpy())
+    # The same on every worker (they restore the same checkpoint), so all save together.
+    last_saved = step if self.resumed_checkpoint else None
     target = self.num_train_steps
     if step >= target:
       logging.info("model_dir %s is already at step %d >= %d; nothing to train",
@@ -387,6 +475,8 @@ class Trainer:
       losses = self._train_fn(phase)(iterator, tf.constant(n, tf.int32))
       losses = {k: float(v.numpy()) for k, v in losses.items()}
       step = int(self.global_step.numpy())
+      if after_loop_fn is not None:
+        after_loop_fn(step)
       for name, value in losses.items():
         if not math.isfinite(value):
           raise FloatingPointError(
@@ -409,18 +499,19 @@ class Trainer:
                      target, phase.name, lr,
                      " ".join(f"{k}={v:.4f}" for k, v in sorted(losses.items())),
                      rate, _format_eta(remaining))
-      saved = False
       if (_crossed(step, n, train_config.checkpoint_every_n_steps) or
           (step == phase.end and step < target)):
         # Phase ends are always checkpointed: the next phase may rely on this one's weights.
-        checkpoint_util.save_or_explain(manager, step)
-        saved = True
+        self._save(step)
+        last_saved = step
       if eval_every and _crossed(step, n, eval_every) and step < target:
-        if not saved:
-          checkpoint_util.save_or_explain(manager, step)
-        evaluate_fn(step)
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-      checkpoint_util.save_or_explain(manager, step)
+        if last_saved != step:
+          self._save(step)
+          last_saved = step
+        if self.is_chief:
+          evaluate_fn(step)
+    if last_saved != step:
+      self._save(step)
     writer.close()
     return step
 

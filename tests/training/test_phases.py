@@ -243,3 +243,26 @@ def test_a_second_trainer_on_a_live_model_dir_is_refused_and_a_stale_lock_taken_
   # The holder is gone (as after SIGKILL): the lock is stale and training proceeds.
   assert trainer.train() == 1
   assert not os.path.exists(lock)  # released at the end
+
+
+def test_deterministic_input_order_checkpoints_the_position_not_the_iterator(
+    records, tmp_path):
+  config = _config(records, 'train_config { input_order: "deterministic" }')
+  config.train_config.phases[0].num_steps = 2
+  config.train_config.phases[1].num_steps = 1
+  trainer = train_lib.Trainer(config, str(tmp_path))
+  assert trainer.is_chief and trainer.write_dir == str(tmp_path)
+  assert trainer.train() == 3
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path)))
+  keys = reader.get_variable_to_shape_map()
+  assert not any(k.startswith("train_iterator") for k in keys)
+  # Three steps of global batch 2.
+  assert reader.get_tensor("input_position/.ATTRIBUTES/VARIABLE_VALUE") == 3 * 2
+
+
+def test_unknown_input_order_or_strategy_fails_naming_the_field(records, tmp_path):
+  with pytest.raises(ValueError, match="train_config.input_order: unknown 'random'"):
+    train_lib.Trainer(_config(records, 'train_config { input_order: "random" }'),
+                      str(tmp_path))
+  with pytest.raises(ValueError, match="multi_worker_mirrored"):
+    train_lib.build_strategy("parameter_server")

@@ -98,3 +98,26 @@ def test_training_never_reads_segments(records, tmp_path):
   assert any(not np.array_equal(value, relabelled[name])
              for name, value in with_segments.items())
   assert os.path.exists(os.path.join(tmp_path, "stripped", "checkpoint"))
+
+
+def test_evaluation_draws_class_activation_curves(records, tmp_path):
+  """A model with per-step class scores gets its curves (ground truth shaded) in TensorBoard;
+  evaluation reads the records' segments for the ground truth only."""
+  from tal_tf.training import eval_lib  # pylint: disable=g-import-not-at-top
+  config = config_util.parse_pipeline_text(
+      CONFIG % records["full"] + """
+      eval_config { tiou_thresholds: [0.5] num_visualizations: 2 }
+      eval_input_reader { input_path: "%s" streams { name: "rgb" dim: 4 }
+                          streams { name: "flow" dim: 3 } batch_size: 2 }""" % records["full"])
+  trainer = train_lib.Trainer(config, str(tmp_path / "m"))
+  trainer.train()
+  out = str(tmp_path / "eval")
+  metrics, collector = eval_lib.evaluate_model(trainer.model, config, 4, out)
+  assert len(collector.activation_videos) == 2
+  assert {v["video_id"] for v in collector.activation_videos} <= set(collector.groundtruth)
+  images = []
+  for path in tf.io.gfile.glob(os.path.join(out, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      images += [v.tag for v in event.summary.value if v.tag == "class_activations"]
+  assert images == ["class_activations"]
+  assert "detection" in metrics or "mAP" in metrics
