@@ -107,7 +107,10 @@ def test_sigkill_at_random_points_keeps_previous_outputs(tmp_path):
       # Wait for the first temporary shard, then kill while writing or committing.
       while proc.poll() is None and not _hidden(out_dir):
         time.sleep(0.01)
-      time.sleep(rng.uniform(0.0, 1.2) * write_seconds)
+      # Seed 1 kills right after the first temporary shard appears (surely mid-write, even
+      # on a loaded machine); seed 2 anywhere up to past the end of writing/committing.
+      time.sleep(rng.uniform(0.0, 0.05) if seed == 1 else
+                 rng.uniform(0.0, 1.2) * write_seconds)
     if proc.poll() is None:
       killed_writing += seed > 0 and bool(_hidden(out_dir))
       proc.send_signal(signal.SIGKILL)
