@@ -136,8 +136,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
 
   @property
   def optional_outputs(self):
-    return (DetectionFields.proposal_segments, DetectionFields.proposal_scores,
-            DetectionFields.num_proposals)
+    return meta_arch.PROPOSAL_OUTPUTS
 
   @property
   def window_merge(self):

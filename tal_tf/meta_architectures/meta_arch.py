@@ -46,6 +46,13 @@ REQUIRED_OUTPUTS = (
     DetectionFields.num_detections,       # int32 [B]
 )
 
+# Class-agnostic proposals: the optional outputs of a model with a proposal stage (AR@AN).
+PROPOSAL_OUTPUTS = (
+    DetectionFields.proposal_segments,    # float32 [B, P, 2] seconds
+    DetectionFields.proposal_scores,      # float32 [B, P]
+    DetectionFields.num_proposals,        # int32 [B]
+)
+
 # Ground-truth fields of a fully supervised detector.
 SEGMENT_GROUNDTRUTH = (InputFields.segments, InputFields.labels, InputFields.num_segments)
 
