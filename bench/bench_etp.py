@@ -90,9 +90,12 @@ def run_one(args):
   model = trainer.model
   result = {"train_seconds": time.perf_counter() - start,
             "phases": {p.name: p.num_steps for p in config.train_config.phases}}
-  views = [("output", True)] + ([("an_proposals", False)] if model.use_refinement else [])
+  # The model as configured; with an RN also bypassed (the LN on AN's proposals). A run
+  # without the RN (Fig. 5) must not enable its untrained RN (an earlier version did).
+  views = [("output", model.has_refinement)] + (
+      [("an_proposals", False)] if model.has_refinement else [])
   for view, use_rn in views:
-    model._use_refinement = use_rn  # the LN on AN's proposals when False
+    model.set_inference_refinement(use_rn)
     start = time.perf_counter()
     metrics, _ = eval_lib.evaluate_model(model, config, 0, os.path.join(run_dir, view))
     scalars = evaluator.scalar_metrics(metrics)

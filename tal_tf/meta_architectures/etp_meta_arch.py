@@ -102,6 +102,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     self._max_units = int(max_units)
     self._max_proposals = int(max_proposals)
     self._use_refinement = bool(use_refinement)
+    self._has_refinement = self._use_refinement
     self._pyramid = dict(context_fraction=float(pyramid_context_fraction),
                          start_levels=tuple(start_levels), course_levels=tuple(course_levels),
                          end_levels=tuple(end_levels))
@@ -146,12 +147,30 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
 
   @property
   def use_refinement(self):
+    """Whether inference runs the RN (the configured value unless bypassed)."""
     return self._use_refinement
+
+  @property
+  def has_refinement(self):
+    """Whether the configuration trains an RN (Fig. 5's ablation does not)."""
+    return self._has_refinement
+
+  def set_inference_refinement(self, enabled):
+    """Runs (True) or bypasses (False: the LN on AN's proposals) the RN at inference.
+
+    Enabling it on a model configured without the RN is an error: that RN never trained
+    (its zero-initialized regressor would only snap AN's proposals to the unit grid).
+    Functions traced before the call keep the setting they were traced with.
+    """
+    if enabled and not self._has_refinement:
+      raise ValueError("etp: this model is configured with use_refinement: false; its "
+                       "refinement network is untrained and cannot be enabled")
+    self._use_refinement = bool(enabled)
 
   # ------------------------------------------------------------------ phases
   @property
   def training_phases(self):
-    if self._use_refinement:
+    if self._has_refinement:
       return (ACTIONNESS, REFINEMENT, LOCALIZATION)
     return (ACTIONNESS, LOCALIZATION)
 
