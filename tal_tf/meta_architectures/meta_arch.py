@@ -32,6 +32,7 @@ import re
 
 import tensorflow as tf
 
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 
@@ -206,7 +207,7 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
   def create_variables(self, stream_dims):
     """Runs a one-step dummy batch through `predict` so every weight exists (restores are
     then immediate and complete)."""
-    features = {s: tf.zeros([1, 1, int(stream_dims[s])]) for s in self.stream_names}
+    features = {s: stream_spec.dummy_input(stream_dims[s]) for s in self.stream_names}
     for phase in self.training_phases:
       self.predict(features, tf.ones([1], tf.int32), training=False, phase=phase)
 

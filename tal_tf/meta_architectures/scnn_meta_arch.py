@@ -33,6 +33,7 @@ from tal_tf.core import background_sampler
 from tal_tf.core import losses as losses_lib
 from tal_tf.core import post_processing
 from tal_tf.core import segment_ops
+from tal_tf.core import stream_spec
 from tal_tf.core import window_labeling
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
@@ -251,7 +252,7 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
       t.assign(s)
 
   def create_variables(self, stream_dims):
-    features = {s: tf.zeros([1, 1, int(stream_dims[s])]) for s in self.stream_names}
+    features = {s: stream_spec.dummy_input(stream_dims[s]) for s in self.stream_names}
     for phase in self._networks:
       self.predict(features, tf.ones([1], tf.int32), training=False, phase=phase)
 

@@ -67,7 +67,10 @@ class DetectionCollector:
     for b in range(len(ids)):
       vid = _decode_id(ids[b])
       if vid in self.groundtruth:
-        raise ValueError(f"video {vid!r} appears twice in the eval input")
+        raise ValueError(
+            f"video {vid!r} appears twice in the eval input (frame records of a long video "
+            f"are split at create_frame_records --max_frames_per_record; evaluation needs "
+            f"one record per video)")
       g = int(batch[InputFields.num_segments][b])
       self.durations[vid] = float(batch[InputFields.duration][b])
       self.groundtruth[vid] = {
