@@ -203,6 +203,12 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
     return dict(nms_iou_threshold=0.5, max_detections=self.max_detections,
                 proposal_nms_iou_threshold=0.7, max_proposals=300)
 
+  def phase_stream_names(self, phase):
+    """Streams the training data of `phase` must provide (default: all of stream_names;
+    e.g. ETP's frame actionness phase reads only frames of trimmed clips)."""
+    del phase
+    return self.stream_names
+
   # ------------------------------------------------------------------ helpers
   def create_variables(self, stream_dims):
     """Runs a one-step dummy batch through `predict` so every weight exists (restores are

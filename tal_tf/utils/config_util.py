@@ -274,8 +274,13 @@ def validate_pipeline_config(config, source="<config>"):
   except (ValueError, KeyError, NotImplementedError) as e:
     message = str(e.args[0]) if e.args else str(e)
     raise ConfigError(f"{source}: model.{arch}: {message}") from None
-  check_model_streams(config, model.stream_names, source)
+  check_model_streams(config, model.stream_names, source, phase_streams(model))
   return config
+
+
+def phase_streams(model):
+  """{training phase: streams its data must provide} of a built model."""
+  return {phase: tuple(model.phase_stream_names(phase)) for phase in model.training_phases}
 
 
 def input_readers(config):
@@ -289,11 +294,24 @@ def input_readers(config):
   return out
 
 
-def check_model_streams(config, stream_names, source="<config>"):
-  """Checks every declared input reader provides the streams a built model reads."""
+def check_model_streams(config, stream_names, source="<config>", phase_streams=None):
+  """Checks every declared input reader provides the streams a built model reads.
+
+  phase_streams: {phase: streams} (model.phase_stream_names) for models whose phases read
+  different streams: a phase's own reader must provide its phase's streams, the train
+  reader those of the phases that read it; the eval reader always all stream_names."""
+  needed = {}
+  if phase_streams is not None:
+    own = {}
+    for i, phase in enumerate(config.train_config.phases):
+      if phase.HasField("input_reader"):
+        own[phase.name] = f"train_config.phases[{i}].input_reader"
+        needed[own[phase.name]] = list(phase_streams.get(phase.name, stream_names))
+    needed["train_input_reader"] = [s for phase, names in phase_streams.items()
+                                    if phase not in own for s in names]
   for name, reader in input_readers(config):
     available = [s.name for s in reader.streams]
-    for stream in stream_names:
+    for stream in needed.get(name, stream_names):
       _require(stream in available, source, f"{name}.streams",
                f"the model reads stream {stream!r}, which is not declared here (declared: "
                f"{available})")
