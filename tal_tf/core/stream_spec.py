@@ -11,8 +11,10 @@ import collections
 import tensorflow as tf
 
 
-class FrameStream(collections.namedtuple("FrameStream", ["height", "width"])):
-  """A stream of decoded RGB frames, uint8 [T, height, width, 3]."""
+class FrameStream(collections.namedtuple("FrameStream", ["height", "width", "fps"],
+                                          defaults=(0.0,))):
+  """A stream of decoded RGB frames, uint8 [T, height, width, 3], at `fps` frames per
+  second (0 = not declared)."""
 
   def __int__(self):
     raise TypeError(f"{self} is a frame stream; it has no feature dim")

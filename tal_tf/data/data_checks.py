@@ -149,3 +149,9 @@ def _check_frames(path, example, video, stream, spec, where):
     raise DataMismatchError(
         f"{path}: frames of video {video!r} are {have[0]}x{have[1]} (height x width), but "
         f"{where}.frame_height x frame_width is {spec.height}x{spec.width}")
+  fps = context[SEF.feature_fps].float_list.value[0] \
+      if SEF.feature_fps in context and context[SEF.feature_fps].float_list.value else 0.0
+  if spec.fps and abs(fps - spec.fps) > 1e-3 * spec.fps:
+    raise DataMismatchError(
+        f"{path}: frames of video {video!r} are at {fps:g} fps, but {where}.frame_rate is "
+        f"{spec.fps:g}")

@@ -357,5 +357,5 @@ def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):
 def stream_dims(reader):
   """{stream name: spec} of an input reader, in declaration order: the feature dim (int) or,
   for a FRAMES stream, a stream_spec.FrameStream(height, width)."""
-  return {s.name: (stream_spec.FrameStream(s.frame_height, s.frame_width)
+  return {s.name: (stream_spec.FrameStream(s.frame_height, s.frame_width, s.frame_rate)
                    if s.type == s.FRAMES else s.dim) for s in reader.streams}
