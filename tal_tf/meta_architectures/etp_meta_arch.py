@@ -72,9 +72,10 @@ from tal_tf.utils import atomic_files
 ACTIONNESS, REFINEMENT, LOCALIZATION = "actionness", "refinement", "localization"
 CACHED_PROPOSALS = "etp/cached_proposals"          # [B, P, 2] steps, in the batch's window
 CACHED_NUM_PROPOSALS = "etp/cached_num_proposals"  # [B] int32, -1 = video not in the cache
-# Frame Actionness Network inputs besides the frames stream (feature keys of `predict`):
+# Frame Actionness Network inputs besides the frames stream (feature keys of `predict`; the
+# exported serving_default's input names):
 NUM_FRAMES = "num_frames"      # [B] int32 valid frames (default: all F frames)
-FRAME_FPS = "frame_fps"        # [B] float32 frames per second of the frames stream
+FRAME_FPS = "fps"              # [B] float32 frames per second of the frames stream
 FEATURE_FPS = "feature_fps"    # [B] float32 feature steps per second (default: = frame_fps)
 FRAME_SCORES = "etp/frame_scores"  # [B, F, K] precomputed S_k of the frames (instead of them)
 

@@ -1,15 +1,22 @@
 """ETP with the frame Actionness Network through the shared trainer: the actionness phase on
 trimmed-clip frame records (its own input reader), the refinement and localization phases on
-feature records with AN proposals made from the untrimmed videos' frame records; resumable."""
+feature records with AN proposals made from the untrimmed videos' frame records; resumable;
+exported as one serving signature (frames + features -> AN -> RN -> LN) that a process
+without tal_tf loads and runs with the results of the model run directly."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tal_tf.core.standard_fields import DetectionFields as DF
 from tal_tf.data import label_map_util
 from tal_tf.data import sequence_example
 from tal_tf.dataset_tools import create_frame_records
+from tal_tf.export import exporter_lib
+from tal_tf.meta_architectures import etp_meta_arch as etp
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
 
@@ -130,6 +137,43 @@ def test_all_phases_train_from_frames_and_features_and_resume(data, tmp_path):
       assert np.all(rows[:count] >= 0) and np.all(rows[:count] <= steps * FEATURE_FPS)
   # A resumed run in the same model_dir has nothing left to do.
   assert train_lib.Trainer(config, model_dir).train() == 6
+
+  # Export: one signature from frames + features, core ops only (checked by the exporter).
+  export_dir = exporter_lib.export_saved_model(config, model_dir, str(tmp_path / "export"))
+  rng = np.random.default_rng(5)
+  levels = np.where((np.arange(20) >= 6) & (np.arange(20) < 12), 200, 20)
+  frames = np.clip(levels[None, :, None, None, None] + rng.integers(0, 6, (2, 20, H, W, 3)),
+                   0, 255).astype(np.uint8)
+  inputs = {"rgb": rng.normal(size=(2, 10, 4)).astype(np.float32),
+            "num_steps": np.array([10, 7], np.int32),
+            "feature_fps": np.array([FEATURE_FPS, FEATURE_FPS], np.float32),
+            "frames": frames, "num_frames": np.array([20, 13], np.int32),
+            "fps": np.array([FRAME_FPS, FRAME_FPS], np.float32)}
+  np.savez(str(tmp_path / "inputs.npz"), **inputs)
+  fresh = os.path.join(os.path.dirname(os.path.dirname(__file__)), "export", "fresh_load.py")
+  # -I: no PYTHONPATH, no user site: the SavedModel must run without tal_tf.
+  subprocess.run([sys.executable, "-I", fresh, export_dir, str(tmp_path / "inputs.npz"),
+                  str(tmp_path / "outputs.npz")], check=True, timeout=600)
+  model = trainer.model  # holds the trained (exported) weights
+  features = {"rgb": inputs["rgb"], "frames": inputs["frames"],
+              etp.NUM_FRAMES: inputs["num_frames"], etp.FRAME_FPS: inputs["fps"],
+              etp.FEATURE_FPS: inputs["feature_fps"]}
+  direct = model.postprocess(model.predict(features, inputs["num_steps"]),
+                             inputs["num_steps"], inputs["feature_fps"])
+  with np.load(str(tmp_path / "outputs.npz")) as served:
+    n = served[DF.num_detections]
+    assert n.sum() > 0, "no detections: the comparison below would be empty"
+    assert n.tolist() == direct[DF.num_detections].numpy().tolist()
+    assert served[DF.num_proposals].tolist() == direct[DF.num_proposals].numpy().tolist()
+    for key in (DF.detection_segments, DF.detection_scores, DF.detection_classes):
+      for b in range(2):
+        np.testing.assert_allclose(served[key][b, :n[b]], direct[key].numpy()[b, :n[b]],
+                                   rtol=1e-4, atol=1e-4, err_msg=key)
+
+
+def test_serving_input_names_are_the_models_keys():
+  assert (etp.NUM_FRAMES, etp.FRAME_FPS, etp.FEATURE_FPS) == (
+      exporter_lib.NUM_FRAMES_INPUT, exporter_lib.FPS_INPUT, exporter_lib.FEATURE_FPS_INPUT)
 
 
 def test_readers_must_provide_their_phases_streams(data):
