@@ -343,25 +343,28 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
     (zeros elsewhere), computed for those windows only (in chunks of `chunk` when > 0)."""
     network = self._networks[name]
     where = tf.where(mask)                                                  # [M, 2] int64
-    video = tf.cast(where[:, 0], tf.int32)
-    selected = tf.gather_nd(windows, where)                                 # [M, 2]
+    count = tf.shape(where)[0]
+    # One dummy window more (its logits are sliced off below): a batch with no sampled
+    # window would otherwise run convolutions on an empty batch, which oneDNN's CPU kernels
+    # reject ("input and filter must have the same depth").
+    video = tf.concat([tf.cast(where[:, 0], tf.int32), [0]], 0)
+    selected = tf.concat([tf.gather_nd(windows, where), [[0.0, 1.0]]], 0)  # [M + 1, 2]
 
     def run(video_part, window_part):
       clips = network.window_clips(x, video_part, window_part, num_steps)
       return network.classify(clips, training=training)
 
     if chunk > 0:
-      count = tf.shape(video)[0]
-      padded = (count + chunk - 1) // chunk * chunk
-      video_chunks = tf.reshape(tf.pad(video, [[0, padded - count]]), [-1, chunk])
-      window_chunks = tf.reshape(tf.pad(selected, [[0, padded - count], [0, 0]]),
+      padded = (count + chunk) // chunk * chunk  # >= count + 1
+      video_chunks = tf.reshape(tf.pad(video, [[0, padded - count - 1]]), [-1, chunk])
+      window_chunks = tf.reshape(tf.pad(selected, [[0, padded - count - 1], [0, 0]]),
                                  [-1, chunk, 2])
       logits = tf.map_fn(lambda c: run(c[0], c[1]), (video_chunks, window_chunks),
                          fn_output_signature=tf.TensorSpec([chunk, network.num_outputs],
                                                            tf.float32))
       logits = tf.reshape(logits, [-1, network.num_outputs])[:count]
     else:
-      logits = run(video, selected)
+      logits = run(video, selected)[:count]
     shape = tf.concat([tf.shape(mask, out_type=tf.int64),
                        [network.num_outputs]], 0)
     return tf.scatter_nd(where, logits, shape)
