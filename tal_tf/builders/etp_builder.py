@@ -36,20 +36,26 @@ def _frame_actionness(config, num_classes):
       num_classes, model_id=config.model_id, depth_multiplier=config.depth_multiplier,
       crop_size=(config.crop_size, config.crop_size), dropout_rate=config.dropout_rate,
       frames_per_call=config.frames_per_call, name="actionness")
-  proposal_frames_fn = None
-  if config.HasField("proposal_input_reader"):
-    reader = type(config.proposal_input_reader)()
-    reader.CopyFrom(config.proposal_input_reader)
-    if config.frames_stream not in [s.name for s in reader.streams]:
-      raise ValueError(f"{field}.proposal_input_reader.streams: expected the frames stream "
-                       f"{config.frames_stream!r}, got {[s.name for s in reader.streams]}")
-    # Whole videos, once, in file order.
-    reader.repeat, reader.shuffle = False, False
-    proposal_frames_fn = lambda: input_reader_builder.build(  # pylint: disable=g-long-lambda
-        reader, num_classes=num_classes, is_training=False, batch_size=1)
-  return network, dict(frames_stream=config.frames_stream,
-                       pretrained_checkpoint=config.pretrained_checkpoint or None,
-                       proposal_frames_fn=proposal_frames_fn)
+  return network, dict(
+      frames_stream=config.frames_stream,
+      pretrained_checkpoint=config.pretrained_checkpoint or None,
+      proposal_frames_fn=_frames_fn(config, "proposal_input_reader", num_classes),
+      eval_frames_fn=_frames_fn(config, "eval_input_reader", num_classes))
+
+
+def _frames_fn(config, name, num_classes):
+  """() -> dataset of whole videos of the frame reader `name` of FrameActionness (None when
+  unset), read once in file order, one video per batch."""
+  if not config.HasField(name):
+    return None
+  reader = type(getattr(config, name))()
+  reader.CopyFrom(getattr(config, name))
+  if config.frames_stream not in [s.name for s in reader.streams]:
+    raise ValueError(f"model.etp.frame_actionness.{name}.streams: expected the frames stream "
+                     f"{config.frames_stream!r}, got {[s.name for s in reader.streams]}")
+  reader.repeat, reader.shuffle = False, False
+  return lambda: input_reader_builder.build(reader, num_classes=num_classes,
+                                            is_training=False, batch_size=1)
 
 
 @META_ARCHITECTURES.register("etp")

@@ -105,7 +105,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
                completeness_weight=0.1, localization_weight=0.1, nms_iou_threshold=0.36,
                per_class_nms=True, score_threshold=0.0, max_per_class=100,
                max_detections=100, frames_stream=None, pretrained_checkpoint=None,
-               proposal_frames_fn=None, name="etp"):
+               proposal_frames_fn=None, eval_frames_fn=None, name="etp"):
     """Builds ETP from its three Keras networks and plain settings (defaults: the paper's).
 
     actionness_head: etp_networks.ActionnessHead (the `features` AN, on the streams) or
@@ -119,6 +119,8 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     proposal_frames_fn: frames AN only: () -> tf.data.Dataset of padded batches (InputFields
       keys) of the untrimmed training videos' frame records, read when the RN / LN phases
       generate their proposals.
+    eval_frames_fn: frames AN only: the same for the evaluation videos (evaluation_batches);
+      None: evaluation batches must hold the frames themselves.
     """
     super().__init__(name=name)
     if num_classes < 1:
@@ -136,6 +138,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
       raise ValueError("etp: frames_stream needs a frame actionness network")
     self._pretrained_checkpoint = pretrained_checkpoint or None
     self._proposal_frames_fn = proposal_frames_fn
+    self._eval_frames_fn = eval_frames_fn
     self._matcher = matcher
     self._grouping = dict(grouping or {})
     self._unit_length, self._unit_stride = float(unit_length), float(unit_stride)
@@ -182,7 +185,25 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     come from the cache that begin_phase builds from the untrimmed videos' frames)."""
     if not self._frames_stream:
       return self._stream_names
+    if phase is None:
+      # Evaluation: the frames come with the batches unless the model reads them itself.
+      return self._stream_names if self._eval_frames_fn else self.stream_names
     return (self._frames_stream,) if phase == ACTIONNESS else self._stream_names
+
+  def evaluation_batches(self, dataset):
+    """With the frame AN and `eval_frames_fn`: each evaluation batch (feature streams) gains
+    its videos' frame scores, computed once from the evaluation videos' frame records."""
+    if not (self._frames_stream and self._eval_frames_fn):
+      return dataset
+    frame_scores = self.video_frame_scores(self._eval_frames_fn)
+
+    def batches():
+      for batch in dataset:
+        out = dict(batch)
+        out[InputFields.features] = self._with_frame_scores(batch[InputFields.features], batch,
+                                                            frame_scores)
+        yield out
+    return batches()
 
   @property
   def max_detections(self):
@@ -240,7 +261,13 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     Returns (ids [V] bytes, proposals [V, P, 2] float32 steps, counts [V] int32): the input
     proposals of `phase` (AN's for the RN; RN's refined ones, or AN's without RN, for the LN).
     """
-    frame_scores = self.video_frame_scores() if self._frames_stream else None
+    frame_scores = None
+    if self._frames_stream:
+      if self._proposal_frames_fn is None:
+        raise ValueError("etp: the frame Actionness Network needs the untrimmed training "
+                         "videos' frame records to make the RN / LN training proposals "
+                         "(model.etp.frame_actionness.proposal_input_reader)")
+      frame_scores = self.video_frame_scores(self._proposal_frames_fn)
     # Videos differ in length: one trace with a dynamic time axis, not one per length.
     fn = tf.function(lambda f, n: self._phase_inputs(f, n, phase), reduce_retracing=True)
     ids, proposals, counts = [], [], []
@@ -258,18 +285,15 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     return (np.array(ids, dtype=object), np.concatenate(proposals).astype(np.float32),
             np.concatenate(counts).astype(np.int32))
 
-  def video_frame_scores(self):
-    """Runs the frame AN over `proposal_frames_fn`'s videos: {video id (str): (S_k of every
-    frame float32 [F, K], frames per second)}. A video stored as several records (long
-    videos) is reassembled from their window offsets (first frames)."""
-    if self._proposal_frames_fn is None:
-      raise ValueError("etp: the frame Actionness Network needs the untrimmed training "
-                       "videos' frame records to make the RN / LN training proposals "
-                       "(model.etp.frame_actionness.proposal_input_reader)")
+  def video_frame_scores(self, frames_fn):
+    """Runs the frame AN over the videos of frames_fn() (a dataset of frame-record batches):
+    {video id (str): (S_k of every frame float32 [F, K], frames per second)}. A video stored
+    as several records (long videos) is reassembled from their window offsets (first
+    frames)."""
     fn = tf.function(lambda frames, n: tf.sigmoid(self._an.video_logits(frames, n)),
                      reduce_retracing=True)
     pieces = {}
-    for batch in self._proposal_frames_fn():
+    for batch in frames_fn():
       frames = batch[InputFields.features][self._frames_stream]
       num = batch[InputFields.num_steps]
       scores = fn(frames, num).numpy()
@@ -296,7 +320,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
                for v in ids]
     missing = [v for v, e in zip(ids, entries) if not len(e[0])]
     if missing:
-      tf.get_logger().warning("etp: no frames for training videos %s: no proposals", missing)
+      tf.get_logger().warning("etp: no frame records for videos %s: no proposals", missing)
     longest = max([len(e[0]) for e in entries] + [0])
     scores = np.zeros([len(ids), longest, self._num_classes], np.float32)
     for i, (s, _) in enumerate(entries):

@@ -204,10 +204,16 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
                 proposal_nms_iou_threshold=0.7, max_proposals=300)
 
   def phase_stream_names(self, phase):
-    """Streams the training data of `phase` must provide (default: all of stream_names;
-    e.g. ETP's frame actionness phase reads only frames of trimmed clips)."""
+    """Streams the training data of `phase` (None: the evaluation data) must provide
+    (default: all of stream_names; e.g. ETP's frame actionness phase reads only frames of
+    trimmed clips)."""
     del phase
     return self.stream_names
+
+  def evaluation_batches(self, dataset):
+    """The evaluation reader's batches -> the batches evaluation runs `predict` on (default:
+    unchanged; ETP with the frame AN adds its frame scores, made from another reader)."""
+    return dataset
 
   # ------------------------------------------------------------------ helpers
   def create_variables(self, stream_dims):

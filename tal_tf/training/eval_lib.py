@@ -180,7 +180,7 @@ def evaluate_model(model, config, step, output_dir):
   eval_config = config.eval_config
   num_classes = model.num_classes
   class_names = class_names_from_config(config, num_classes)
-  dataset = build_eval_dataset(config, num_classes)
+  dataset = model.evaluation_batches(build_eval_dataset(config, num_classes))
   collector = collect(model, dataset, class_names,
                       eval_config.max_detections_per_video or 200,
                       eval_config.max_videos,

@@ -279,8 +279,10 @@ def validate_pipeline_config(config, source="<config>"):
 
 
 def phase_streams(model):
-  """{training phase: streams its data must provide} of a built model."""
-  return {phase: tuple(model.phase_stream_names(phase)) for phase in model.training_phases}
+  """{training phase (None: evaluation): streams its data must provide} of a built model."""
+  out = {phase: tuple(model.phase_stream_names(phase)) for phase in model.training_phases}
+  out[None] = tuple(model.phase_stream_names(None))
+  return out
 
 
 def input_readers(config):
@@ -299,9 +301,12 @@ def check_model_streams(config, stream_names, source="<config>", phase_streams=N
 
   phase_streams: {phase: streams} (model.phase_stream_names) for models whose phases read
   different streams: a phase's own reader must provide its phase's streams, the train
-  reader those of the phases that read it; the eval reader always all stream_names."""
+  reader those of the phases that read it; the eval reader those of phase None (default
+  all stream_names)."""
   needed = {}
   if phase_streams is not None:
+    phase_streams = dict(phase_streams)
+    needed["eval_input_reader"] = list(phase_streams.pop(None, stream_names))
     own = {}
     for i, phase in enumerate(config.train_config.phases):
       if phase.HasField("input_reader"):

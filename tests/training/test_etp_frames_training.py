@@ -17,6 +17,8 @@ from tal_tf.data import sequence_example
 from tal_tf.dataset_tools import create_frame_records
 from tal_tf.export import exporter_lib
 from tal_tf.meta_architectures import etp_meta_arch as etp
+from tal_tf.core.standard_fields import InputFields
+from tal_tf.training import eval_lib
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
 
@@ -85,6 +87,8 @@ model {{ etp {{ num_classes: 2 streams: "rgb" refinement_hidden_units: 8
   frame_actionness {{ model_id: 18 depth_multiplier: 0.25 crop_size: 32 random_init: true
     frames_per_call: 16
     proposal_input_reader {{ input_path: "{data['root']}/frames.tfrecord"
+      label_map_path: "{data['label_map']}" {frames_stream} }}
+    eval_input_reader {{ input_path: "{data['root']}/frames.tfrecord"
       label_map_path: "{data['label_map']}" {frames_stream} }} }} }} }}
 train_config {{
   optimizer {{ momentum {{ momentum: 0.9 }}
@@ -97,6 +101,10 @@ train_config {{
   steps_per_loop: 1 checkpoint_every_n_steps: 100 seed: 1 }}
 train_input_reader {{ input_path: "{data['root']}/features.tfrecord"
   label_map_path: "{data['label_map']}" streams {{ name: "rgb" dim: 4 }} batch_size: 2 }}
+eval_config {{ tiou_thresholds: [0.3, 0.5] num_visualizations: 0 }}
+eval_input_reader {{ input_path: "{data['root']}/features.tfrecord"
+  label_map_path: "{data['label_map']}" streams {{ name: "rgb" dim: 4 }} batch_size: 2
+  shuffle: false repeat: false }}
 """
   path = str(data["root"] / "etp_frames.config")
   with open(path, "w") as f:
@@ -138,6 +146,32 @@ def test_all_phases_train_from_frames_and_features_and_resume(data, tmp_path):
   # A resumed run in the same model_dir has nothing left to do.
   assert train_lib.Trainer(config, model_dir).train() == 6
 
+  # Evaluation: feature batches of the eval reader + frame scores from the eval videos'
+  # frame records; the same detections as the chain run on each video's decoded frames.
+  model = trainer.model
+  metrics, collector = eval_lib.evaluate_model(model, config, 6, str(tmp_path / "eval"))
+  assert sorted(collector.results) == ["v1", "v2", "v3"] and "average_mAP" in str(metrics)
+  frames_by_video = {b[InputFields.video_id].numpy()[0].decode(): b
+                     for b in model._eval_frames_fn()}
+  compared = 0
+  for batch in eval_lib.build_eval_dataset(config, 2).unbatch().batch(1):
+    video = batch[InputFields.video_id].numpy()[0].decode()
+    frames = frames_by_video[video]
+    inputs = dict(batch[InputFields.features])
+    inputs.update({"frames": frames[InputFields.features]["frames"],
+                   etp.NUM_FRAMES: frames[InputFields.num_steps],
+                   etp.FRAME_FPS: frames[InputFields.feature_fps],
+                   etp.FEATURE_FPS: batch[InputFields.feature_fps]})
+    direct = model.postprocess(model.predict(inputs, batch[InputFields.num_steps]),
+                               batch[InputFields.num_steps], batch[InputFields.feature_fps])
+    n = int(direct[DF.num_detections][0])
+    scores = np.sort(collector.results[video]["scores"])[::-1]
+    assert len(scores) == n, video
+    np.testing.assert_allclose(scores, direct[DF.detection_scores].numpy()[0, :n], rtol=1e-4,
+                               atol=1e-5)
+    compared += n
+  assert compared > 0, "no detections anywhere: the comparison above was empty"
+
   # Export: one signature from frames + features, core ops only (checked by the exporter).
   export_dir = exporter_lib.export_saved_model(config, model_dir, str(tmp_path / "export"))
   rng = np.random.default_rng(5)
@@ -154,7 +188,7 @@ def test_all_phases_train_from_frames_and_features_and_resume(data, tmp_path):
   # -I: no PYTHONPATH, no user site: the SavedModel must run without tal_tf.
   subprocess.run([sys.executable, "-I", fresh, export_dir, str(tmp_path / "inputs.npz"),
                   str(tmp_path / "outputs.npz")], check=True, timeout=600)
-  model = trainer.model  # holds the trained (exported) weights
+  # `model` holds the trained (exported) weights.
   features = {"rgb": inputs["rgb"], "frames": inputs["frames"],
               etp.NUM_FRAMES: inputs["num_frames"], etp.FRAME_FPS: inputs["fps"],
               etp.FEATURE_FPS: inputs["feature_fps"]}
