@@ -84,7 +84,7 @@ def _config(data):
 model {{ etp {{ num_classes: 2 streams: "rgb" refinement_hidden_units: 8
   localization_hidden_units: 8 max_proposals: 8 max_units: 4 max_length: 10 unit_length: 2
   grouping_thresholds: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] smoothing_sigma: 1.0
-  frame_actionness {{ model_id: 18 depth_multiplier: 0.25 crop_size: 32 random_init: true
+  frame_actionness {{ model_id: 10 depth_multiplier: 0.25 crop_size: 32 random_init: true
     frames_per_call: 16
     proposal_input_reader {{ input_path: "{data['root']}/frames.tfrecord"
       label_map_path: "{data['label_map']}" {frames_stream} }}
