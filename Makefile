@@ -8,6 +8,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tal_tf-env-stamp
 DEMO_DIR ?= demo_output
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (tests/conftest.py keeps each file on one worker).
+TEST_WORKERS ?= 2
 
 .PHONY: env protos test demo bench clean bazel-setup bazel-build bazel-test bazel-smoke
 
@@ -27,7 +29,7 @@ protos: env
 	$(PY) -m tal_tf.utils.proto_compiler
 
 test: env
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 demo: env
 	$(PY) -m tal_tf.demo --output_dir=$(DEMO_DIR)

@@ -366,10 +366,13 @@ class DetectionModule(tf.Module):
 
   def decode_examples(self, examples):
     """Serialized SequenceExamples [B] -> (features {s: [B, T, D]}, num_steps, fps, ids)."""
+    # Defaults instead of required features: the parser's own error for a missing context
+    # feature names neither the input nor the record; the named checks below do. A record
+    # without a video id is served with an empty id.
     context_spec = {
-        SEF.video_id: tf.io.FixedLenFeature([], tf.string),
-        SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32),
-        SEF.num_steps: tf.io.FixedLenFeature([], tf.int64),
+        SEF.video_id: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+        SEF.num_steps: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     }
     keys = {s: (SEF.frames_jpeg if stream_spec.is_frames(d) else SEF.feature_key(s))
             for s, d in self._stream_dims.items()}
@@ -393,6 +396,11 @@ class DetectionModule(tf.Module):
         examples, context_features=context_spec, sequence_features=sequence_spec)
     num_steps = tf.cast(context[SEF.num_steps], tf.int32)
     checks = []
+    for key, value in ((SEF.num_steps, num_steps), (SEF.feature_fps, context[SEF.feature_fps])):
+      checks.append(tf.debugging.Assert(
+          tf.reduce_all(value >= 0),
+          [f"input {EXAMPLES_INPUT}: records lack the context feature {key} (record indices)",
+           tf.where(value < 0)[:, 0]], name=f"check_context_{key.replace('/', '_')}"))
     for s in self._stream_dims:
       key = keys[s]
       checks.append(tf.debugging.Assert(
@@ -741,7 +749,14 @@ def _write_version(module, config, staging, final_dir, output_directory, version
       os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
   os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.
   if os.path.isdir(final_dir):
-    # Move the old version aside first so the new one appears in one rename.
+    # Swap the new version in with one exchange: the served version never goes missing,
+    # and a kill at any point leaves a complete version under its number (the staging name
+    # then holds the old one, which `recover_interrupted_exports` clears).
+    if atomic_files.exchange_paths(staging, final_dir):
+      shutil.rmtree(staging, ignore_errors=True)
+      return
+    # No exchange on this filesystem: move the old version aside first so the new one
+    # appears in one rename; a kill between the two renames is repaired by the next export.
     trash = tempfile.mkdtemp(prefix=f".replaced-{version}-{os.getpid()}-", dir=output_directory)
     os.rename(final_dir, os.path.join(trash, "old"))
     try:

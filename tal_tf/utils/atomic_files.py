@@ -7,6 +7,7 @@ so globs such as `<prefix>-*` never match them) and carry the writer's process i
 """
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -54,6 +55,36 @@ def remove_stale_temporaries(directory, target_pattern):
     except FileNotFoundError:
       pass
   return removed
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = None
+
+
+def exchange_paths(a, b):
+  """Swaps two existing paths of one filesystem in a single step (Linux renameat2 with
+  RENAME_EXCHANGE): no moment exists where either name is missing, which two renames cannot
+  give. Returns False (nothing changed) where the kernel, the C library or the filesystem
+  does not support it, so the caller can fall back; raises OSError for other failures."""
+  global _libc
+  if _libc is None:
+    try:
+      _libc = ctypes.CDLL(None, use_errno=True)
+      _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                  ctypes.c_char_p, ctypes.c_uint]
+    except (OSError, AttributeError):
+      _libc = False
+  if not _libc:
+    return False
+  result = _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b),
+                           _RENAME_EXCHANGE)
+  if result == 0:
+    return True
+  err = ctypes.get_errno()
+  if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+    return False
+  raise OSError(err, os.strerror(err), a, None, b)
 
 
 def describe_os_error(error, path):

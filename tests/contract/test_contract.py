@@ -211,6 +211,7 @@ def _train_killed_in_last_phase(cmd, model_dir, last_phase_start):
   return _latest_step(model_dir)
 
 
+@pytest.mark.spread
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_path):
   shipped = config_util.load_pipeline_config(case.config)

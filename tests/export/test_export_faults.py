@@ -104,3 +104,44 @@ def test_exporter_killed_at_random_points(exported, tmp_path, seed):
   for version in (1, 2):
     after = _serve(os.path.join(base, str(version)))
     np.testing.assert_array_equal(after["detection_scores"], before["detection_scores"])
+
+
+def test_overwrite_never_leaves_the_served_version_missing(exported, tmp_path, monkeypatch):
+  """An --overwrite export swaps the new version in with one exchange: after every rename or
+  exchange the export makes, the version folder exists and is complete (two renames leave a
+  moment, and a kill point, where it is missing)."""
+  from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
+  base = str(tmp_path / "serving")
+  first = _export(exported, base)
+  seen = []
+
+  def observed(fn):
+    def wrapper(*args):
+      result = fn(*args)
+      seen.append((fn.__name__, os.path.isfile(os.path.join(first, "saved_model.pb"))))
+      return result
+    return wrapper
+
+  monkeypatch.setattr(os, "rename", observed(os.rename))
+  monkeypatch.setattr(atomic_files, "exchange_paths", observed(atomic_files.exchange_paths))
+  again = _export(exported, base, "--model_version=1", "--overwrite")
+  monkeypatch.undo()
+  assert again == first
+  assert ("exchange_paths", True) in seen, seen
+  assert all(present for _, present in seen), seen
+  assert sorted(os.listdir(base)) == ["1"]
+  _assert_versions_complete(base)
+
+
+def test_exchange_paths_swaps_two_folders(tmp_path):
+  from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
+  a, b = tmp_path / "a", tmp_path / "b"
+  a.mkdir()
+  b.mkdir()
+  (a / "x").write_text("from a")
+  (b / "y").write_text("from b")
+  assert atomic_files.exchange_paths(str(a), str(b))
+  assert sorted(os.listdir(a)) == ["y"] and (a / "y").read_text() == "from b"
+  assert sorted(os.listdir(b)) == ["x"] and (b / "x").read_text() == "from a"
+  with pytest.raises(FileNotFoundError):
+    atomic_files.exchange_paths(str(a), str(tmp_path / "missing"))

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from tal_tf.builders import model_builder
 from tal_tf.core.standard_fields import DetectionFields as DF
+from tal_tf.core.standard_fields import SequenceExampleFields as SEF
 from tal_tf.data import label_map_util
 from tal_tf.data import sequence_example
 from tal_tf.export import exporter_lib
@@ -355,6 +356,36 @@ def test_tf_example_signature_matches_serving_default(exported):
   assert [v.decode() for v in from_records["video_id"].numpy()] == ["video_0", "video_1"]
   for key in OUTPUT_KEYS:
     np.testing.assert_array_equal(from_records[key].numpy(), from_features[key], err_msg=key)
+
+
+@pytest.mark.parametrize("missing", [SEF.feature_fps, SEF.num_steps, SEF.video_id])
+def test_tf_example_records_missing_a_context_feature(exported, missing):
+  """A record without feature_fps or num_steps stops at a check naming the feature and the
+  record; one without a video id is served with an empty id and the same detections."""
+  videos, inputs = _batch(lengths=(40, 23))
+  records = []
+  for b, video in enumerate(videos):
+    example = sequence_example.make_sequence_example(
+        f"video_{b}", duration=video["rgb"].shape[0] / inputs["feature_fps"][b],
+        feature_fps=inputs["feature_fps"][b], features=video, segments_seconds=[],
+        labels=[], label_texts=[])
+    if b == 1:
+      del example.context.feature[missing]
+    records.append(example.SerializeToString())
+  signature = tf.saved_model.load(exported["export_dir"]).signatures["tf_example"]
+  if missing == SEF.video_id:
+    out = signature(examples=tf.constant(records))
+    assert [v.decode() for v in out["video_id"].numpy()] == ["video_0", ""]
+    expected = _call_loaded(tf.saved_model.load(exported["export_dir"]).signatures[
+        "serving_default"], inputs)
+    for key in OUTPUT_KEYS:
+      np.testing.assert_array_equal(out[key].numpy(), expected[key], err_msg=key)
+    return
+  with pytest.raises(tf.errors.InvalidArgumentError) as info:
+    signature(examples=tf.constant(records))
+  message = info.value.message
+  assert f"input examples: records lack the context feature {missing}" in message
+  assert "[1]" in message
 
 
 def test_max_detections_slices_or_pads_the_model_output(exported):
