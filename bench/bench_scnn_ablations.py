@@ -24,9 +24,10 @@ in its own subprocess, with the same data, steps and seed:
     trainer's phases in configs/scnn_embedded.config) with its iteration counts scaled down;
   * `begin_phase` before each phase (length prior from the training data, localization
     initialized from the classification network).
-Evaluation follows the paper: mAP at theta from detections post-processed with NMS at
-theta - 0.1 (`evaluation_nms_iou_thresholds`), one post-processing per theta over the same
-network outputs. Fig. 7: the detections of NMS at 0.4, pooled over the test videos, cut to the
+Evaluation follows the paper through the shared evaluator (`eval_lib.evaluate_dataset`,
+S-CNN's `evaluation_postprocess_kwargs`): mAP at theta from detections post-processed with
+NMS at theta - 0.1, one post-processing per theta over the same network outputs; also mAP
+with the serving NMS (0.4) at every theta, the protocol TAL-Net is evaluated with. Fig. 7: the detections of NMS at 0.4, pooled over the test videos, cut to the
 top kappa by score, mAP@0.5 against kappa.
 
 A base rate of 1e-3 (fc8 at 1e-1) diverged (proposal loss 1.8 -> 5.7 within 60 iterations),
@@ -141,49 +142,38 @@ def train_phase(model, phase, dataset, steps, base_lr, seed, log, fc8_multiplier
 
 
 def evaluate(model, config, kappas=KAPPAS):
-  """mAP@theta with NMS theta - 0.1, AR@AN of the proposals, and mAP@0.5 vs top-kappa."""
+  """mAP@theta with NMS theta - 0.1 (the shared evaluator's per-threshold post-processing),
+  mAP@theta with the serving NMS for every theta (TAL-Net's protocol), AR@AN of the
+  proposals, and mAP@0.5 vs top-kappa."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import activitynet_protocol  # pylint: disable=g-import-not-at-top
   from tal_tf.training import eval_lib  # pylint: disable=g-import-not-at-top
 
   num_classes = model.num_classes
   class_names = eval_lib.class_names_from_config(config, num_classes)
-  nms = model.evaluation_nms_iou_thresholds(THETAS)
-
-  @tf.function(reduce_retracing=True)
-  def forward(features, num_steps):
-    return model.predict(features, num_steps, training=False)
-
-  @tf.function(reduce_retracing=True)
-  def post(predictions, num_steps, fps, iou):
-    return model.postprocess(predictions, num_steps, fps, nms_iou_threshold=iou)
-
-  collectors = {t: eval_lib.DetectionCollector(class_names, 200) for t in THETAS}
-  for batch in eval_lib.build_eval_dataset(config, num_classes):
-    pred = forward(batch[InputFields.features], batch[InputFields.num_steps])
-    host = tf.nest.map_structure(lambda t: t.numpy(), batch)
-    for theta in THETAS:
-      # The NMS threshold is a Python float: one trace per distinct threshold.
-      dets = post(pred, batch[InputFields.num_steps], batch[InputFields.feature_fps],
-                  nms[theta])
-      collectors[theta].add_batch(host, {k: v.numpy() for k, v in dets.items()})
-  out = {"mAP": {}, "nms": {str(t): nms[t] for t in THETAS}}
-  gt = collectors[THETAS[0]].groundtruth
   names = [class_names[i] for i in sorted(class_names)]
-  for theta in THETAS:
-    m = activitynet_protocol.mean_average_precision(gt, collectors[theta].results, [theta],
-                                                    class_names=names)
-    out["mAP"][str(theta)] = float(m["mAP"][0])
+  eval_config = config.eval_config
+  eval_config.ClearField("tiou_thresholds")
+  eval_config.tiou_thresholds.extend(THETAS)
+  eval_config.average_number_of_proposals[:] = [10, 50, 100, 200]
+  eval_config.per_threshold_postprocessing = True
+  metrics, collector, gt, _ = eval_lib.evaluate_dataset(
+      model, eval_config, eval_lib.build_eval_dataset(config, num_classes), class_names)
+  detection = metrics["detection"]
+  nms = model.evaluation_nms_iou_thresholds(THETAS)
+  out = {"mAP": {str(t): float(v) for t, v in zip(THETAS, detection["mAP"])},
+         "nms": {str(t): nms[t] for t in THETAS}}
   out["avg_mAP"] = float(np.mean(list(out["mAP"].values())))
-  ar = activitynet_protocol.average_recall_metrics(
-      gt, collectors[0.5].proposals, activitynet_protocol.PROPOSAL_TIOU_THRESHOLDS,
-      max_avg_nr_proposals=200, ar_at=(10, 50, 100, 200))
+  serving = activitynet_protocol.mean_average_precision(gt, collector.results, list(THETAS),
+                                                        class_names=names)
+  out["mAP_serving_nms"] = {str(t): float(v) for t, v in zip(THETAS, serving["mAP"])}
+  out["avg_mAP_serving_nms"] = float(serving["average_mAP"])
+  out["serving_nms"] = model.nms_iou_threshold
+  ar = metrics["proposals"]
   out["proposals"] = {f"AR@{k}": float(v) for k, v in ar["ar_at_an"].items()}
   out["proposals"]["AUC"] = float(ar["auc"])
-  # Fig. 7: top-kappa of the pooled detections (NMS at 0.4), mAP@0.5.
-  results = collectors[0.5].results
+  # Fig. 7: top-kappa of the pooled detections of theta = 0.5 (NMS at 0.4), mAP@0.5.
+  results = collector.results_per_threshold[0.5]
   pooled = sorted(((float(s), v, i) for v, r in results.items()
                    for i, s in enumerate(r["scores"])), key=lambda x: -x[0])
   out["num_detections"] = len(pooled)
@@ -271,6 +261,16 @@ def tables(results):
     lines.append(f"| {r['description']} | " + " | ".join(pct(r["mAP"][str(t)]) for t in THETAS)
                  + f" | {pct(r['avg_mAP'])} | {pct(ar) if ar is not None else '-'} | "
                  f"{r['train_seconds']:.0f} |")
+  serving = [n for n, r in results.items() if "mAP_serving_nms" in r]
+  if serving:
+    lines += ["", "**mAP (%) at theta, serving NMS for every theta** (TAL-Net's protocol)", "",
+              "| run | " + " | ".join(str(t) for t in THETAS) + " | avg |",
+              "|---|" + "---|" * (len(THETAS) + 1)]
+    for n in serving:
+      r = results[n]
+      lines.append(f"| {r['description']} (NMS {r['serving_nms']:g}) | "
+                   + " | ".join(pct(r["mAP_serving_nms"][str(t)]) for t in THETAS)
+                   + f" | {pct(r['avg_mAP_serving_nms'])} |")
   fig7 = [n for n in ("scnn", "no_classification", "no_localization") if n in results]
   if fig7:
     # The last entry of each run is "all its detections" (a run-specific count).

@@ -16,6 +16,15 @@ Proposals (AR@AN, labels ignored)::
   python -m tal_tf.evaluation.evaluate_main --annotations=thumos14.json \
       --results=proposals.json --proposals
 
+Per-threshold detections (a model that post-processes per evaluated tIoU, e.g. S-CNN's NMS at
+theta - 0.1; training's evaluation writes them as detections_step_<N>_tiou<theta>.json)::
+
+  python -m tal_tf.evaluation.evaluate_main --annotations=thumos14.json \
+      --results=detections_step_N.json \
+      --threshold_results=0.5=detections_step_N_tiou0.5.json,0.7=detections_step_N_tiou0.7.json
+
+mAP at a listed theta is scored on its file; the other thresholds on --results.
+
 `--dataset` picks defaults: thumos14 -> subset 'test', mAP at tIoU 0.1:0.1:0.7, AR@AN at
 0.5:0.05:1.0; activitynet -> subset 'validation', mAP at 0.5:0.05:0.95 (0.5 / 0.75 / 0.95 and
 the average reported), AR@AN at 0.5:0.05:0.95. `--subset=all` evaluates every video.
@@ -31,6 +40,7 @@ from absl import logging
 import numpy as np
 
 from tal_tf.evaluation import activitynet_protocol
+from tal_tf.evaluation import evaluator
 from tal_tf.evaluation import io as eval_io
 from tal_tf.evaluation import metrics_table
 from tal_tf.evaluation import thumos14_protocol
@@ -73,6 +83,8 @@ def define_flags():
   flags.DEFINE_list("ar_at", ["1", "5", "10", "50", "100"], "AN values at which AR is reported.")
   flags.DEFINE_string("ambiguous_annotations", None, "THUMOS14 Ambiguous segments: annotation "
                       "directory (Ambiguous_<subset>.txt), one .txt file or an annotation JSON.")
+  flags.DEFINE_list("threshold_results", None, "theta=results.json pairs: mAP@theta from that "
+                    "file (per-threshold post-processing) instead of --results.")
   flags.DEFINE_string("output_json", None, "Where to write the metrics JSON.")
   flags.DEFINE_boolean("per_class", False, "Also print per-class AP.")
 
@@ -88,11 +100,32 @@ def parse_thresholds(values, name="tiou_thresholds"):
   return activitynet_protocol.as_thresholds(thr, name=f"--{name}")
 
 
+def parse_threshold_results(values):
+  """['0.5=a.json', ...] or '0.5=a.json,...' -> {0.5: 'a.json'} (thresholds in (0, 1])."""
+  if isinstance(values, str):
+    values = [v for v in values.split(",") if v.strip()]
+  out = {}
+  for item in values or ():
+    theta, sep, path = item.partition("=")
+    try:
+      t = float(theta)
+    except ValueError:
+      t = None
+    if not sep or not path or t is None or not 0.0 < t <= 1.0:
+      raise ValueError(f"--threshold_results: expected theta=path with theta in (0, 1], got "
+                       f"{item!r}")
+    out[t] = path
+  return out
+
+
 def run_evaluation(annotations, results, subset=None, protocol="activitynet",
                    dataset="thumos14", tiou_thresholds=None, proposals=False,
                    ambiguous_annotations=None, max_avg_nr_proposals=100,
-                   ar_at=activitynet_protocol.DEFAULT_AR_AT):
-  """Loads both files and evaluates -> (metrics dict, reported thresholds or None)."""
+                   ar_at=activitynet_protocol.DEFAULT_AR_AT, threshold_results=None):
+  """Loads both files and evaluates -> (metrics dict, reported thresholds or None).
+
+  threshold_results: optional {theta: results path}: mAP@theta from that file instead.
+  """
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
   if dataset not in DATASET_PRESETS:
@@ -122,7 +155,7 @@ def run_evaluation(annotations, results, subset=None, protocol="activitynet",
     if ambiguous:
       logging.info("activitynet protocol: %d 'Ambiguous' ground-truth segments dropped",
                    sum(len(a) for a in ambiguous.values()))
-    metrics = activitynet_protocol.mean_average_precision(gt, res, thr)
+    score = lambda r, t: activitynet_protocol.mean_average_precision(gt, r, t)
   else:
     if ambiguous_annotations:
       extra = eval_io.load_ambiguous_segments(ambiguous_annotations, subset=subset)
@@ -132,7 +165,14 @@ def run_evaluation(annotations, results, subset=None, protocol="activitynet",
     elif not ambiguous:
       logging.warning("thumos14 protocol without Ambiguous segments: pass "
                       "--ambiguous_annotations to ignore detections on them, as the toolkit")
-    metrics = thumos14_protocol.thumos14_mean_average_precision(gt, res, thr, ambiguous)
+    score = lambda r, t: thumos14_protocol.thumos14_mean_average_precision(gt, r, t, ambiguous)
+  per_threshold = {}
+  for theta, path in (threshold_results or {}).items():
+    if not np.any(np.abs(thr - theta) < 1e-6):
+      raise ValueError(f"--threshold_results: {theta} is not an evaluated threshold "
+                       f"({', '.join(f'{t:g}' for t in thr)})")
+    per_threshold[theta] = eval_io.load_results(path, require_labels=True)
+  metrics = evaluator.detection_metrics_per_threshold(score, thr, res, per_threshold)
   metrics["annotations"], metrics["results"], metrics["subset"] = annotations, results, subset
   metrics["reported_thresholds"] = np.asarray(reported)
   return metrics, reported
@@ -151,7 +191,8 @@ def main(argv):
       FLAGS.annotations, FLAGS.results, subset=FLAGS.subset, protocol=FLAGS.protocol,
       dataset=FLAGS.dataset, tiou_thresholds=FLAGS.tiou_thresholds, proposals=FLAGS.proposals,
       ambiguous_annotations=FLAGS.ambiguous_annotations,
-      max_avg_nr_proposals=FLAGS.max_avg_nr_proposals, ar_at=ar_at)
+      max_avg_nr_proposals=FLAGS.max_avg_nr_proposals, ar_at=ar_at,
+      threshold_results=parse_threshold_results(FLAGS.threshold_results or []))
   print(metrics_table.format_metrics_table(metrics, per_class=FLAGS.per_class,
                                            reported_thresholds=reported))
   sys.stdout.flush()

@@ -27,8 +27,13 @@ Signatures (input and output names are the constants below):
 A model whose stream is frames (an input reader stream of type FRAMES, e.g. S-CNN's C3D)
 takes instead <stream> uint8 [B, T, H, W, 3] (RGB frames of the training records' size),
 num_frames int32 [B] and fps float32 [B] (frames per second), and its tf_example signature
-takes frame records (frames/jpeg, decoded in the graph). model_info.json records which
-inputs a model takes (`inputs`: names, stream kinds, frame size and rate).
+takes frame records (frames/jpeg, decoded in the graph). A model reading feature streams
+and one frames stream at the frames' own rate (ETP with the frame Actionness Network) takes
+both: the feature streams with num_steps and feature_fps, and <frames stream> uint8
+[B, F, H, W, 3] with num_frames [B] and fps [B]; the model's `predict` receives num_frames,
+fps and feature_fps among its features. Such a model has serving_default only (a record
+holds either features or frames). model_info.json records which inputs a model takes
+(`inputs`: names, stream kinds, frame size and rate).
 
 Every input is checked inside the graph (rank, feature dims, consistent batch and length,
 0 <= num_steps <= T, finite positive feature_fps, finite features on valid steps); a bad
@@ -106,6 +111,17 @@ class DetectionModule(tf.Module):
     self._stream_dims = collections.OrderedDict(
         (s, stream_dims[s] if stream_spec.is_frames(stream_dims[s]) else int(stream_dims[s]))
         for s in model.stream_names)
+    self._all_dims = collections.OrderedDict(self._stream_dims)
+    # Feature streams plus one frames stream at its own rate: the frames are a side input
+    # with their own length and rate inputs; the checks below apply to the feature streams.
+    frame_streams = [s for s, d in self._stream_dims.items() if stream_spec.is_frames(d)]
+    self.side_frames = None
+    if frame_streams and len(frame_streams) < len(self._stream_dims):
+      if len(frame_streams) > 1:
+        raise ExportError(f"a model reading feature streams takes at most one frames stream, "
+                          f"got {frame_streams}")
+      self.side_frames = frame_streams[0]
+      del self._stream_dims[self.side_frames]
     self.frames = stream_spec.has_frames(self._stream_dims)
     if self.frames and len(self._stream_dims) > 1:
       raise ExportError(f"a model reading frames takes one stream, got "
@@ -122,11 +138,11 @@ class DetectionModule(tf.Module):
   @property
   def stream_dims(self):
     """{stream: feature dim or stream_spec.FrameStream} in model order."""
-    return collections.OrderedDict(self._stream_dims)
+    return collections.OrderedDict(self._all_dims)
 
   def _layout(self, stream):
     """'float32 [batch, T, D]' or 'uint8 [batch, T, H, W, 3]' of a stream (messages)."""
-    spec = self._stream_dims[stream]
+    spec = self._all_dims[stream]
     dims = ", ".join(str(d) for d in stream_spec.step_shape(spec))
     return f"{stream_spec.dtype(spec).name} [batch, T, {dims}]"
 
@@ -138,18 +154,20 @@ class DetectionModule(tf.Module):
     return int(getattr(self.model, "max_detections", 100))
 
   # ------------------------------------------------------------------ input checks
-  def _check_inputs(self, features, num_steps, feature_fps):
+  def _check_inputs(self, features, num_steps, feature_fps, streams=None, names=None):
     """In-graph validation; returns (features, num_steps, feature_fps) gated on the checks.
 
     Shapes are read with raw `Shape` ops (not Python-side static shapes) so the checks stay
     in the graph even where the signature declares a static feature dim: a C++ client can
     feed any shape and must get a clear error rather than one from deep inside the model.
+    streams / names: the streams checked together and the names of their length and rate
+    inputs (default: the main streams, lengths_input / rate_input).
     """
-    streams = list(self._stream_dims)
+    streams = list(streams or self._stream_dims)
     first = streams[0]
     shapes = {s: tf.raw_ops.Shape(input=features[s], out_type=tf.int32) for s in streams}
-    steps = {s: stream_spec.step_shape(spec) for s, spec in self._stream_dims.items()}
-    lengths_name, rate_name = self.lengths_input, self.rate_input
+    steps = {s: stream_spec.step_shape(self._all_dims[s]) for s in streams}
+    lengths_name, rate_name = names or (self.lengths_input, self.rate_input)
     rank_checks = []
     for s in streams:
       rank = tf.raw_ops.Size(input=shapes[s], out_type=tf.int32)
@@ -179,7 +197,7 @@ class DetectionModule(tf.Module):
                 tf.concat([shapes[s], tf.fill([len(steps[s])], -1)], 0)[2:2 + len(steps[s])],
                 steps[s])),
             [(f"input {s} must have frames of shape {steps[s]} ({self._layout(s)}); got "
-              "shape") if self.frames else
+              "shape") if stream_spec.is_frames(self._all_dims[s]) else
              (f"input {s} must have feature dim {steps[s][0]} ({self._layout(s)[8:]}); "
               "got shape"), shapes[s]], name=f"check_dim_{s}"))
         if s != first:
@@ -224,16 +242,20 @@ class DetectionModule(tf.Module):
             [f"input {s} holds NaN or Inf within the first num_steps steps of videos",
              tf.where(tf.logical_not(tf.reduce_all(finite, axis=[1, 2])))[:, 0]],
             name=f"check_finite_{s}"))
-    with tf.control_dependencies(finite_checks):
+    # value_checks too: frames (uint8) have no finite check, and every returned tensor must
+    # wait for the rank / shape / value checks (they are chained through their dependencies).
+    with tf.control_dependencies(finite_checks + value_checks):
       features = {s: tf.identity(features[s]) for s in streams}
       num_steps = tf.identity(num_steps)
       feature_fps = tf.identity(feature_fps)
     return features, num_steps, feature_fps
 
   # ------------------------------------------------------------------ detection
-  def detect(self, features, num_steps, feature_fps):
+  def detect(self, features, num_steps, feature_fps, side_frames=None):
     """Validated batch detection: features {stream: [B, T, D]}, num_steps [B], fps [B] ->
-    dict of the model's output fields (segments in seconds, N = max_detections)."""
+    dict of the model's output fields (segments in seconds, N = max_detections).
+    side_frames: (frames [B, F, H, W, 3], num_frames [B], fps [B]) of a model whose frames
+    stream runs at its own rate (self.side_frames)."""
     features = {s: tf.convert_to_tensor(features[s], stream_spec.dtype(spec))
                 for s, spec in self._stream_dims.items()}
     num_steps = tf.cast(num_steps, tf.int32)
@@ -254,6 +276,8 @@ class DetectionModule(tf.Module):
         for s, x in features.items()}
     run_steps = tf.pad(num_steps, [[0, extra_b]])
     run_fps = tf.pad(feature_fps, [[0, extra_b]], constant_values=1.0)
+    if self.side_frames is not None:
+      run_features.update(self._side_inputs(side_frames, batch, extra_b, run_fps))
 
     inputs = self.model.preprocess({InputFields.features: run_features,
                                      InputFields.num_steps: run_steps,
@@ -268,6 +292,26 @@ class DetectionModule(tf.Module):
                         f"{missing}")
     out = {key: dets[key][:batch] for key in self.model.output_fields}
     return self._resize_detections(out)
+
+  def _side_inputs(self, side_frames, batch, extra_b, run_fps):
+    """The checked, padded side frames and their length / rate inputs, as `predict` reads
+    them: {frames stream, num_frames, fps, feature_fps}."""
+    name = self.side_frames
+    frames, num_frames, fps = side_frames
+    checked, num_frames, fps = self._check_inputs(
+        {name: tf.convert_to_tensor(frames, tf.uint8)}, tf.cast(num_frames, tf.int32),
+        tf.cast(fps, tf.float32), streams=[name], names=(NUM_FRAMES_INPUT, FPS_INPUT))
+    frames = checked[name]
+    same_batch = tf.debugging.Assert(
+        tf.equal(tf.shape(frames)[0], batch),
+        [f"input {name} must have the batch of the feature streams; got", tf.shape(frames)[0],
+         "videos instead of", batch], name="check_batch_side_frames")
+    with tf.control_dependencies([same_batch]):
+      frames = tf.pad(frames, [[0, extra_b], [0, tf.maximum(1 - tf.shape(frames)[1], 0)],
+                               [0, 0], [0, 0], [0, 0]])
+    return {name: frames, NUM_FRAMES_INPUT: tf.pad(num_frames, [[0, extra_b]]),
+            FPS_INPUT: tf.pad(fps, [[0, extra_b]], constant_values=1.0),
+            FEATURE_FPS_INPUT: run_fps}
 
   def _resize_detections(self, out):
     """Slices (or zero-pads) the detection axis to max_detections (static size N)."""
@@ -299,6 +343,12 @@ class DetectionModule(tf.Module):
         for s, d in self._stream_dims.items())
     spec[self.lengths_input] = tf.TensorSpec([None], tf.int32, name=self.lengths_input)
     spec[self.rate_input] = tf.TensorSpec([None], tf.float32, name=self.rate_input)
+    if self.side_frames is not None:
+      side = self._all_dims[self.side_frames]
+      spec[self.side_frames] = tf.TensorSpec([None, None] + stream_spec.step_shape(side),
+                                             tf.uint8, name=self.side_frames)
+      spec[NUM_FRAMES_INPUT] = tf.TensorSpec([None], tf.int32, name=NUM_FRAMES_INPUT)
+      spec[FPS_INPUT] = tf.TensorSpec([None], tf.float32, name=FPS_INPUT)
     return spec
 
   def serving_function(self):
@@ -308,7 +358,11 @@ class DetectionModule(tf.Module):
         """{stream: [B,T,D], num_steps: [B], feature_fps: [B]} (frames: [B,T,H,W,3],
         num_frames, fps) -> detections dict."""
         features = {s: inputs[s] for s in self._stream_dims}
-        return self.detect(features, inputs[self.lengths_input], inputs[self.rate_input])
+        side = None
+        if self.side_frames is not None:
+          side = (inputs[self.side_frames], inputs[NUM_FRAMES_INPUT], inputs[FPS_INPUT])
+        return self.detect(features, inputs[self.lengths_input], inputs[self.rate_input],
+                           side)
       self._serving_fn = tf.function(serve, input_signature=[self.feature_input_signature()])
     return self._serving_fn
 
@@ -379,10 +433,10 @@ class DetectionModule(tf.Module):
 
   def signatures(self):
     """{signature name: ConcreteFunction} to pass to tf.saved_model.save."""
-    return {
-        SERVING_SIGNATURE: self.serving_function().get_concrete_function(),
-        TF_EXAMPLE_SIGNATURE: self.tf_example_function().get_concrete_function(),
-    }
+    signatures = {SERVING_SIGNATURE: self.serving_function().get_concrete_function()}
+    if self.side_frames is None:
+      signatures[TF_EXAMPLE_SIGNATURE] = self.tf_example_function().get_concrete_function()
+    return signatures
 
 
 # --------------------------------------------------------------------------- model info
@@ -390,6 +444,7 @@ def input_info(stream_dims):
   """The serving inputs of a model reading `stream_dims` (JSON-serializable): the names of
   the length and rate inputs and each stream's kind and step shape (frames: size, rate)."""
   frames = stream_spec.has_frames(stream_dims)
+  mixed = frames and not all(stream_spec.is_frames(d) for d in stream_dims.values())
   streams = {}
   for name, spec in stream_dims.items():
     if stream_spec.is_frames(spec):
@@ -397,6 +452,10 @@ def input_info(stream_dims):
                            fps=float(spec.fps))
     else:
       streams[name] = dict(type="features", dim=int(spec))
+  if mixed:
+    # Feature streams at num_steps / feature_fps, the frames at num_frames / fps.
+    return dict(lengths=NUM_STEPS_INPUT, rate=FEATURE_FPS_INPUT, frame_lengths=NUM_FRAMES_INPUT,
+                frame_rate=FPS_INPUT, streams=streams)
   return dict(lengths=NUM_FRAMES_INPUT if frames else NUM_STEPS_INPUT,
               rate=FPS_INPUT if frames else FEATURE_FPS_INPUT, streams=streams)
 
@@ -440,11 +499,18 @@ def read_model_info(export_dir):
 
 # --------------------------------------------------------------------------- building
 def stream_dims_from_config(config, model):
-  """{stream: dim} of the model's streams, from the eval (else train) input reader."""
+  """{stream: dim} of the model's streams, from the eval (else train) input reader; streams
+  only some phases read (model.phase_stream_names, e.g. ETP's frames of trimmed clips) may
+  come from those phases' readers."""
   streams = list(model.stream_names)
+  phase_readers = [r for name, r in config_util.input_readers(config)
+                   if name.startswith("train_config.phases")]
   for reader_name in ("eval_input_reader", "train_input_reader"):
     if config.HasField(reader_name):
-      dims = config_util.stream_dims(getattr(config, reader_name))
+      dims = dict(config_util.stream_dims(getattr(config, reader_name)))
+      for reader in phase_readers:
+        for stream, spec in config_util.stream_dims(reader).items():
+          dims.setdefault(stream, spec)
       missing = [s for s in streams if s not in dims]
       if missing:
         raise ExportError(f"pipeline config: {reader_name}.streams lacks dims for model "

@@ -12,6 +12,8 @@ the built model object. A meta-architecture is a `tf.Module` (not a Keras Model:
                      restore_map(checkpoint_type) for fine-tune checkpoints
   what it outputs:   postprocess() returns the REQUIRED_OUTPUTS plus any of
                      optional_outputs (e.g. proposals; AR@AN is computed when they exist)
+  how it evaluates:  evaluation_postprocess_kwargs(thresholds): postprocess keyword
+                     arguments per evaluated tIoU (default: one post-processing for all)
   how windows merge: window_merge (NMS thresholds / limits used when a long video is cut
                      into overlapping windows at inference)
 
@@ -196,12 +198,35 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
     """True when postprocess returns class-agnostic proposals (AR@AN is computed)."""
     return DetectionFields.num_proposals in self.optional_outputs
 
+  def evaluation_postprocess_kwargs(self, tiou_thresholds):
+    """{theta: postprocess keyword arguments} used to evaluate mAP at tIoU theta.
+
+    A method whose paper post-processes differently per evaluated threshold (S-CNN: NMS at
+    theta - 0.1) returns, per theta, the extra keyword arguments its `postprocess` accepts;
+    the evaluator post-processes the same network outputs once per distinct set and scores
+    mAP@theta on that set's detections only (when `eval_config.per_threshold_postprocessing`
+    is on). Default: {} for every theta, i.e. one post-processing (the serving one) for all.
+    """
+    return {float(t): {} for t in tiou_thresholds}
+
   @property
   def window_merge(self):
     """How detections of overlapping windows of one video merge at inference:
     {nms_iou_threshold, max_detections, proposal_nms_iou_threshold, max_proposals}."""
     return dict(nms_iou_threshold=0.5, max_detections=self.max_detections,
                 proposal_nms_iou_threshold=0.7, max_proposals=300)
+
+  def phase_stream_names(self, phase):
+    """Streams the training data of `phase` (None: the evaluation data) must provide
+    (default: all of stream_names; e.g. ETP's frame actionness phase reads only frames of
+    trimmed clips)."""
+    del phase
+    return self.stream_names
+
+  def evaluation_batches(self, dataset):
+    """The evaluation reader's batches -> the batches evaluation runs `predict` on (default:
+    unchanged; ETP with the frame AN adds its frame scores, made from another reader)."""
+    return dataset
 
   # ------------------------------------------------------------------ helpers
   def create_variables(self, stream_dims):

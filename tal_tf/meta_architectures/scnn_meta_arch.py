@@ -35,7 +35,9 @@ the evaluation's "no redundant detections" rule is per class (a second detection
 ground truth in the same class is a false positive), while windows of different predicted
 classes are distinct hypotheses the per-class AP judges separately. `postprocess` takes an
 optional `nms_iou_threshold` override and `evaluation_nms_iou_thresholds` maps evaluation
-tIoUs to the paper's theta - 0.1, so an evaluator can post-process once per threshold.
+tIoUs to the paper's theta - 0.1; the contract hook `evaluation_postprocess_kwargs` hands
+that map to the shared evaluator, which post-processes once per threshold (switch:
+`eval_config.per_threshold_postprocessing`; off = the serving threshold for every theta).
 """
 
 import tensorflow as tf
@@ -218,6 +220,11 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
     """
     return {float(t): min(max(float(t) - self._eval_nms_offset, 0.0), 1.0)
             for t in tiou_thresholds}
+
+  def evaluation_postprocess_kwargs(self, tiou_thresholds):
+    """The contract's per-threshold evaluation hook: NMS at theta - 0.1 for mAP@theta."""
+    return {t: {"nms_iou_threshold": iou}
+            for t, iou in self.evaluation_nms_iou_thresholds(tiou_thresholds).items()}
 
   # ------------------------------------------------------------------ how it trains
   def _network_names(self):

@@ -6,6 +6,7 @@ host-side evaluator of `tal_tf.evaluation` (the same code the evaluation CLI use
 to TensorBoard (scalars and images) and to a metrics JSON.
 """
 
+import functools
 import os
 
 from absl import logging
@@ -118,21 +119,76 @@ def make_detect_fn(model):
   return detect
 
 
+def make_multi_detect_fn(model, variants):
+  """Python fn: batch -> (serving detections, [detections of each postprocess variant]).
+
+  The network runs once per batch; `postprocess` runs once with no extra arguments (the
+  serving detections) and once per keyword-argument dict of `variants` (one trace each:
+  the values are Python constants).
+  """
+
+  @tf.function(reduce_retracing=True)
+  def forward(features, num_steps, feature_fps):
+    inputs = model.preprocess({InputFields.features: features, InputFields.num_steps: num_steps,
+                               InputFields.feature_fps: feature_fps})
+    num_steps = inputs[InputFields.num_steps]
+    predictions = model.predict(inputs[InputFields.features], num_steps, training=False)
+    return predictions, num_steps, inputs[InputFields.feature_fps]
+
+  posts = [tf.function(functools.partial(model.postprocess, **kwargs), reduce_retracing=True)
+           for kwargs in [{}] + list(variants)]
+
+  def detect(features, num_steps, feature_fps):
+    predictions, steps, fps = forward(features, num_steps, feature_fps)
+    outs = [post(predictions, steps, fps) for post in posts]
+    return outs[0], outs[1:]
+
+  return detect
+
+
+def postprocess_variants(model, tiou_thresholds, per_threshold=True):
+  """{theta: key} and {key: kwargs} of the model's per-threshold evaluation post-processing.
+
+  key None = the serving post-processing (no extra arguments): every theta without
+  per-threshold arguments, and every theta when `per_threshold` is False.
+  """
+  wanted = model.evaluation_postprocess_kwargs(tiou_thresholds) if per_threshold else {}
+  by_theta, variants = {}, {}
+  for t in tiou_thresholds:
+    kwargs = dict(wanted.get(float(t), {}) or {})
+    key = tuple(sorted(kwargs.items())) or None
+    by_theta[float(t)] = key
+    if key is not None:
+      variants[key] = kwargs
+  return by_theta, variants
+
+
 def collect(model, dataset, class_names, max_detections_per_video, max_videos=0,
-            num_activation_videos=0):
+            num_activation_videos=0, variants=None):
   """Runs `model` over `dataset`; returns a filled DetectionCollector. For a model that
   outputs per-step class scores, the first `num_activation_videos` videos' curves are kept
-  in `collector.activation_videos` (drawn to TensorBoard)."""
+  in `collector.activation_videos` (drawn to TensorBoard). `variants` ({key: postprocess
+  kwargs}, from `postprocess_variants`) adds `collector.variants` {key: DetectionCollector}
+  of the same network outputs post-processed with those arguments."""
   collector = DetectionCollector(class_names, max_detections_per_video)
   collector.activation_videos = []
-  detect = make_detect_fn(model)
+  variants = dict(variants or {})
+  collector.variants = {k: DetectionCollector(class_names, max_detections_per_video)
+                        for k in variants}
+  if variants:
+    detect = make_multi_detect_fn(model, variants.values())
+  else:
+    single = make_detect_fn(model)
+    detect = lambda *args: (single(*args), [])
   curves = class_activation_plot.STEP_CLASS_SCORES in model.output_fields
   for batch in dataset:
-    dets = detect(batch[InputFields.features], batch[InputFields.num_steps],
-                  batch[InputFields.feature_fps])
+    dets, variant_dets = detect(batch[InputFields.features], batch[InputFields.num_steps],
+                                batch[InputFields.feature_fps])
     batch_np = tf.nest.map_structure(lambda t: t.numpy(), batch)
     dets_np = {k: v.numpy() for k, v in dets.items()}
     collector.add_batch(batch_np, dets_np)
+    for key, vdets in zip(variants, variant_dets):
+      collector.variants[key].add_batch(batch_np, {k: v.numpy() for k, v in vdets.items()})
     wanted = num_activation_videos - len(collector.activation_videos)
     if curves and wanted > 0:
       collector.activation_videos.extend(class_activation_plot.activation_videos_from_batch(
@@ -175,25 +231,51 @@ def groundtruth_for_evaluation(eval_config, record_groundtruth):
   return {v: annotations[v] for v in record_groundtruth}
 
 
+def evaluate_dataset(model, eval_config, dataset, class_names):
+  """Runs and scores `model` on `dataset` -> (metrics, collector, groundtruth, evaluator).
+
+  mAP@theta is scored on the detections post-processed for theta when the model asks for it
+  (`evaluation_postprocess_kwargs`) and `eval_config.per_threshold_postprocessing` is on;
+  `collector.results` (written, drawn, and used for AR@AN) is always the serving
+  post-processing, and `collector.results_per_threshold` {theta: results} holds the others.
+  """
+  evaluator = evaluator_from_config(eval_config)
+  # Config thresholds are float32 (0.3 -> 0.30000001): the model sees them rounded.
+  thetas = [round(float(t), 6) for t in evaluator.tiou_thresholds]
+  by_theta, variants = postprocess_variants(model, thetas,
+                                            eval_config.per_threshold_postprocessing)
+  # The model may add to the reader's batches (ETP's frame AN: scores from frame records).
+  collector = collect(model, model.evaluation_batches(dataset), class_names,
+                      eval_config.max_detections_per_video or 200,
+                      eval_config.max_videos,
+                      num_activation_videos=eval_config.num_visualizations,
+                      variants=variants)
+  if not collector.groundtruth:
+    raise ValueError("the eval input produced no videos; check eval_input_reader.input_path")
+  collector.results_per_threshold = {t: collector.variants[k].results
+                                     for t, k in by_theta.items() if k is not None}
+  groundtruth = groundtruth_for_evaluation(eval_config, collector.groundtruth)
+  metrics = evaluator.evaluate(groundtruth, collector.results,
+                               collector.proposals if model.has_proposals else None,
+                               class_names=[class_names[i] for i in sorted(class_names)],
+                               results_per_threshold=collector.results_per_threshold)
+  return metrics, collector, groundtruth, evaluator
+
+
 def evaluate_model(model, config, step, output_dir):
   """Full evaluation: metrics dict, TensorBoard summaries in output_dir, metrics JSON."""
   eval_config = config.eval_config
   num_classes = model.num_classes
   class_names = class_names_from_config(config, num_classes)
   dataset = build_eval_dataset(config, num_classes)
-  collector = collect(model, dataset, class_names,
-                      eval_config.max_detections_per_video or 200,
-                      eval_config.max_videos,
-                      num_activation_videos=eval_config.num_visualizations)
-  if not collector.groundtruth:
-    raise ValueError("the eval input produced no videos; check eval_input_reader.input_path")
-  evaluator = evaluator_from_config(eval_config)
-  groundtruth = groundtruth_for_evaluation(eval_config, collector.groundtruth)
-  metrics = evaluator.evaluate(groundtruth, collector.results,
-                               collector.proposals if model.has_proposals else None,
-                               class_names=[class_names[i] for i in sorted(class_names)])
+  metrics, collector, groundtruth, evaluator = evaluate_dataset(model, eval_config, dataset,
+                                                                class_names)
   eval_io.write_results(os.path.join(output_dir, f"detections_step_{int(step)}.json"),
                         collector.results)
+  for theta, results in collector.results_per_threshold.items():
+    # Replayable with evaluate_main --threshold_results=theta=<this file>.
+    eval_io.write_results(os.path.join(output_dir, f"detections_step_{int(step)}_tiou{theta:g}"
+                                       ".json"), results)
   writer = tf.summary.create_file_writer(output_dir)
   with writer.as_default(step=step):
     for name, value in evaluator_lib.scalar_metrics(metrics).items():

@@ -192,7 +192,8 @@ class Trainer:
       tf_keras.utils.set_random_seed(train_config.seed)
     with self.strategy.scope():
       self.model = model_builder.build(config.model)
-      config_util.check_model_streams(config, self.model.stream_names)
+      config_util.check_model_streams(config, self.model.stream_names,
+                                      phase_streams=config_util.phase_streams(self.model))
       # Before any graph: class count vs label map, streams and dims vs the records.
       config_util.check_config_against_data(
           config, self.model.num_classes,
@@ -241,12 +242,16 @@ class Trainer:
       self.model.create_variables(dims)
 
   def stream_dims(self):
-    """{stream: dim} the model reads, from the training input reader."""
-    reader = self.config.train_input_reader
-    dims = config_util.stream_dims(reader) if reader.streams else {}
+    """{stream: spec} the model reads, from the training input readers (the train reader's,
+    then those only the phases' own readers declare, e.g. frames of trimmed clips)."""
+    dims = {}
+    for name, reader in config_util.input_readers(self.config):
+      if name != "eval_input_reader":
+        for stream, spec in config_util.stream_dims(reader).items():
+          dims.setdefault(stream, spec)
     missing = [s for s in self.model.stream_names if s not in dims]
     if dims and missing:
-      raise ValueError(f"train_input_reader.streams lacks the model's streams {missing} "
+      raise ValueError(f"the training input readers lack the model's streams {missing} "
                        f"(declared: {sorted(dims)})")
     return {s: dims[s] for s in self.model.stream_names if s in dims}
 

@@ -274,8 +274,15 @@ def validate_pipeline_config(config, source="<config>"):
   except (ValueError, KeyError, NotImplementedError) as e:
     message = str(e.args[0]) if e.args else str(e)
     raise ConfigError(f"{source}: model.{arch}: {message}") from None
-  check_model_streams(config, model.stream_names, source)
+  check_model_streams(config, model.stream_names, source, phase_streams(model))
   return config
+
+
+def phase_streams(model):
+  """{training phase (None: evaluation): streams its data must provide} of a built model."""
+  out = {phase: tuple(model.phase_stream_names(phase)) for phase in model.training_phases}
+  out[None] = tuple(model.phase_stream_names(None))
+  return out
 
 
 def input_readers(config):
@@ -289,11 +296,27 @@ def input_readers(config):
   return out
 
 
-def check_model_streams(config, stream_names, source="<config>"):
-  """Checks every declared input reader provides the streams a built model reads."""
+def check_model_streams(config, stream_names, source="<config>", phase_streams=None):
+  """Checks every declared input reader provides the streams a built model reads.
+
+  phase_streams: {phase: streams} (model.phase_stream_names) for models whose phases read
+  different streams: a phase's own reader must provide its phase's streams, the train
+  reader those of the phases that read it; the eval reader those of phase None (default
+  all stream_names)."""
+  needed = {}
+  if phase_streams is not None:
+    phase_streams = dict(phase_streams)
+    needed["eval_input_reader"] = list(phase_streams.pop(None, stream_names))
+    own = {}
+    for i, phase in enumerate(config.train_config.phases):
+      if phase.HasField("input_reader"):
+        own[phase.name] = f"train_config.phases[{i}].input_reader"
+        needed[own[phase.name]] = list(phase_streams.get(phase.name, stream_names))
+    needed["train_input_reader"] = [s for phase, names in phase_streams.items()
+                                    if phase not in own for s in names]
   for name, reader in input_readers(config):
     available = [s.name for s in reader.streams]
-    for stream in stream_names:
+    for stream in needed.get(name, stream_names):
       _require(stream in available, source, f"{name}.streams",
                f"the model reads stream {stream!r}, which is not declared here (declared: "
                f"{available})")

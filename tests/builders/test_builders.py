@@ -36,6 +36,11 @@ def test_every_shipped_config_builds_and_runs(path):
   dims = config_util.stream_dims(config.train_input_reader)
   # 20 steps of each stream (feature vectors or, for a frames stream, frames).
   feats = {s: stream_spec.dummy_input(d, steps=20) for s, d in dims.items()}
+  # Streams only some phases read (ETP's frames at their own rate): a few frames.
+  for name, reader in config_util.input_readers(config):
+    for s, d in config_util.stream_dims(reader).items():
+      if s in model.stream_names and s not in feats:
+        feats[s] = stream_spec.dummy_input(d, steps=2)
   preds = model.predict(feats, tf.constant([20]))
   dets = model.postprocess(preds, tf.constant([20]), tf.constant([1.0]))
   arch = config.model.WhichOneof("model")

@@ -31,6 +31,7 @@ from tal_tf.dataset_tools import create_frame_records
 from tal_tf.dataset_tools import create_tfrecord
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import synthetic_thumos
+from tal_tf.training import train_lib
 from tal_tf.utils import config_util
 from tal_tf.video import synthetic
 
@@ -211,6 +212,29 @@ def _train_killed_in_last_phase(cmd, model_dir, last_phase_start):
   return _latest_step(model_dir)
 
 
+def _check_per_threshold_detections(case, model_dir, step, metrics, data):
+  """S-CNN evaluates mAP@theta on detections with NMS at theta - 0.1: training's evaluation
+  writes them per theta, and the evaluation CLI scores those files to the same mAP."""
+  eval_dir = os.path.join(model_dir, train_lib.EVAL_SUBDIR)
+  prefix = f"detections_step_{step}_tiou"
+  files = sorted(f for f in os.listdir(eval_dir) if f.startswith(prefix))
+  if not case.name.startswith("scnn"):   # scnn and scnn_c3d
+    assert not files, files   # one (serving) post-processing for the other models
+    return
+  thetas = [f[len(prefix):-len(".json")] for f in files]
+  assert thetas == [f"{t:g}" for t in np.arange(1, 8) / 10], thetas
+  metrics_json = os.path.join(eval_dir, "replayed.json")
+  _run([sys.executable, "-m", "tal_tf.evaluation.evaluate_main",
+        f"--annotations={data['annotations']}",
+        f"--results={os.path.join(eval_dir, f'detections_step_{step}.json')}", "--subset=test",
+        "--threshold_results=" + ",".join(f"{t}={os.path.join(eval_dir, f)}"
+                                          for t, f in zip(thetas, files)),
+        f"--output_json={metrics_json}"])
+  with open(metrics_json) as f:
+    replayed = json.load(f)
+  np.testing.assert_allclose(replayed["mAP"], metrics["detection"]["mAP"], atol=1e-6)
+
+
 @pytest.mark.spread
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_path):
@@ -260,6 +284,7 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
   with open(os.path.join(model_dir, "metrics.json")) as f:
     metrics = json.load(f)
   assert metrics["global_step"] == target
+  _check_per_threshold_detections(case, model_dir, target, metrics, data)
 
   # Export (the exporter refuses non-core ops), then load without tal_tf.
   serving = str(tmp_path / "serving")

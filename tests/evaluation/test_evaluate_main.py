@@ -128,3 +128,25 @@ def test_activitynet_preset_and_bad_arguments(files):
     evaluate_main.run_evaluation(gt_path, res_path, protocol="coco")
   scalars = metrics_table.metrics_to_scalars(metrics)
   assert scalars["mAP@0.5"] == pytest.approx(metrics["mAP"][0])
+
+
+def test_threshold_results_score_their_threshold_only(files):
+  gt_path, res_path, tmp_path = files
+  # Detections of a per-threshold post-processing for tIoU 0.5: the 0.8 Jump FP removed.
+  alt = {"results": {v: [d for d in dets if d["score"] != 0.8]
+                     for v, dets in RESULTS["results"].items()}}
+  alt_path = tmp_path / "results_tiou0.5.json"
+  alt_path.write_text(json.dumps(alt))
+  metrics, _ = evaluate_main.run_evaluation(
+      gt_path, res_path, subset="test", tiou_thresholds="0.5,0.9",
+      threshold_results=evaluate_main.parse_threshold_results(f"0.5={alt_path}"))
+  # 0.5 from the alternative file: Jump TP, TP -> AP 1, Run 1 -> 1.0. 0.9 from --results as
+  # in the test above: 0.25. Average 0.625.
+  np.testing.assert_allclose(metrics["mAP"], [1.0, 0.25], atol=1e-9)
+  assert metrics["average_mAP"] == pytest.approx(0.625)
+  np.testing.assert_allclose(metrics["per_class_ap"]["Jump"], [1.0, 0.5], atol=1e-9)
+  with pytest.raises(ValueError, match="not an evaluated threshold"):
+    evaluate_main.run_evaluation(gt_path, res_path, subset="test", tiou_thresholds="0.5,0.9",
+                                 threshold_results={0.7: str(alt_path)})
+  with pytest.raises(ValueError, match="theta=path"):
+    evaluate_main.parse_threshold_results("0.5")

@@ -273,3 +273,36 @@ def test_proposal_cache_preprocess_and_begin_phase(tmp_path):
   assert list(pred["num_proposals"].numpy()) == [2, 0]
   model.begin_phase("actionness", ctx)
   assert model.preprocess(crop) is crop
+
+
+def test_inference_refinement_switch():
+  # Bypassing the RN at inference gives the LN AN's own proposals; the training phases keep
+  # the configuration. A model configured without the RN cannot enable its untrained RN.
+  tf_keras.utils.set_random_seed(0)   # the AN's random weights decide its proposals
+  model = build("grouping_thresholds: [0.5]")
+  x = _pattern(24, [(2, 6), (12, 20)], seed=1)
+  feats, steps = {"rgb": x[None, :, :4], "flow": x[None, :, 4:]}, tf.constant([24])
+  inputs, num_steps = model._inputs(feats, steps)  # pylint: disable=protected-access
+  an_segments, _, an_num = model._an_proposals(inputs, num_steps)  # pylint: disable=protected-access
+  n = int(an_num[0])
+  assert n > 0
+  refined = model.predict(feats, steps)["ln_proposals"]
+  model.set_inference_refinement(False)
+  assert model.training_phases == ("actionness", "refinement", "localization")
+  assert model.has_refinement and not model.use_refinement
+  bypassed = model.predict(feats, steps)["ln_proposals"]
+  np.testing.assert_allclose(bypassed[0, :n], an_segments[0, :n])
+  assert not np.allclose(bypassed[0, :n], refined[0, :n])   # the grid moves some of them
+  # With the RN on, the proposals are the RN's (fitted to the unit grid of 4 steps, stride 2).
+  fitted, _ = etp_meta_arch.unit_ops.fit_to_grid(an_segments, 4.0, 2.0)
+  codes = model.predict(feats, steps, phase="refinement")["rn_codes"]
+  expected = model._clip(model._coder.decode(codes, fitted), num_steps)  # pylint: disable=protected-access
+  np.testing.assert_allclose(refined[0, :n], expected[0, :n], atol=1e-5)
+  model.set_inference_refinement(True)
+  np.testing.assert_allclose(model.predict(feats, steps)["ln_proposals"], refined, atol=1e-6)
+
+  plain = build("use_refinement: false")
+  assert plain.training_phases == ("actionness", "localization") and not plain.has_refinement
+  with pytest.raises(ValueError, match="use_refinement: false"):
+    plain.set_inference_refinement(True)
+  plain.set_inference_refinement(False)

@@ -269,6 +269,11 @@ def test_evaluation_nms_thresholds_and_override():
   model = build()
   assert model.evaluation_nms_iou_thresholds([0.1, 0.5, 0.7]) == pytest.approx(
       {0.1: 0.0, 0.5: 0.4, 0.7: 0.6})
+  # The contract hook the shared evaluator reads carries the same thresholds.
+  hook = model.evaluation_postprocess_kwargs([0.1, 0.5, 0.7])
+  assert sorted(hook) == [0.1, 0.5, 0.7]
+  assert [hook[t]["nms_iou_threshold"] for t in (0.1, 0.5, 0.7)] == pytest.approx(
+      [0.0, 0.4, 0.6])
   model.create_variables({"rgb": 3, "flow": 2})
   pred = model.predict(features(t=8), tf.constant([8, 8]))
   width = pred["windows"].shape[1]
