@@ -13,6 +13,13 @@ From a pipeline config and a training checkpoint (no export needed):
 
 A model reading frames (e.g. S-CNN with the C3D backbone) takes --video alone: each video is
 decoded at the frame rate and size recorded in its model_info.json (--frame_rate overrides).
+A model reading feature streams and a frames stream (ETP with the frame Actionness Network)
+takes a feature source and --video, matched by video id (a video lacking either part is
+skipped, named on stderr); it runs whole videos (no windowing: --window_steps=0):
+
+  python -m tal_tf.inference.infer_main --saved_model_dir=serving/etp \
+      --features=rgb:feats/rgb,flow:feats/flow --feature_fps=0.625 --video=videos/ \
+      --output=results.json
 
 From raw video (a file or a folder), with the extractor the training features were made
 with (feature_extractor.json, written by tal_tf.dataset_tools.extract_features), and a
@@ -140,11 +147,15 @@ def selected_video_ids(fv):
 
 def feature_source(fv, stream_dims):
   """The feature source named by exactly one of --features / --hdf5_features / --tfrecords
-  (tal_tf.dataset_tools.feature_readers.open_source) / --video; a bad choice is a usage
-  error."""
+  (tal_tf.dataset_tools.feature_readers.open_source) / --video; for a model reading feature
+  streams and a frames stream, one feature source plus --video (MixedVideoSource). A bad
+  choice is a usage error."""
   from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
+  from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   given = [n for n in ("features", "hdf5_features", "tfrecords", "video")
            if getattr(fv, n, None)]
+  if inference_lib.side_stream(stream_dims) is not None:
+    return _mixed_source(fv, stream_dims, given)
   if len(given) != 1:
     raise app.UsageError("give exactly one of --features, --hdf5_features, --tfrecords or "
                          "--video")
@@ -159,6 +170,32 @@ def feature_source(fv, stream_dims):
     return feature_readers.open_source(
         stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,
         tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=video_ids)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+
+
+def _mixed_source(fv, stream_dims, given):
+  """Features of one of --features / --hdf5_features / --tfrecords matched by video id with
+  the frames of --video (video_source.MixedVideoSource)."""
+  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
+  from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+  frames = [s for s, d in stream_dims.items() if stream_spec.is_frames(d)]
+  if "video" not in given or len(given) != 2:
+    raise app.UsageError(f"this model reads feature streams and the frames stream {frames[0]!r}: "
+                         "give one of --features, --hdf5_features or --tfrecords and --video")
+  if getattr(fv, "feature_extractor", None):
+    raise app.UsageError("--feature_extractor: this model reads its features from the feature "
+                         "source and its frames from --video")
+  video_ids = selected_video_ids(fv)
+  feature_dims = {s: d for s, d in stream_dims.items() if not stream_spec.is_frames(d)}
+  try:
+    features = feature_readers.open_source(
+        feature_dims, features=fv.features, hdf5_features=fv.hdf5_features,
+        tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=video_ids)
+    return video_source.MixedVideoSource(features, fv.video, stream_dims,
+                                         fps=getattr(fv, "frame_rate", None),
+                                         video_ids=video_ids)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
 
@@ -197,6 +234,11 @@ def run(fv):
   window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
   overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
   iou = defaults["nms_iou_threshold"] if fv.nms_iou_threshold is None else fv.nms_iou_threshold
+  if detector.side_stream is not None and window_steps > 0:
+    # The frames would have to be cut at each feature window's time span; not done.
+    raise app.UsageError(f"--window_steps {window_steps}: a model reading feature streams and "
+                         f"the frames stream {detector.side_stream!r} runs whole videos only "
+                         "(--window_steps=0)")
   result = inference_lib.run_inference(
       detector, source, window_steps=window_steps, window_overlap=overlap,
       batch_size=fv.batch_size, nms_iou_threshold=iou,

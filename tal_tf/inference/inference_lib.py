@@ -3,7 +3,10 @@
 Two detectors share one call interface, `detector(features {stream: [B, T, D]}, num_steps
 [B], feature_fps [B]) -> {output name: numpy array}` (the serving_default signature; for a
 model reading frames, features {stream: uint8 [B, T, H, W, 3]}, num_steps in frames and
-feature_fps the frame rate, fed as the signature's num_frames / fps):
+feature_fps the frame rate, fed as the signature's num_frames / fps; for a model reading
+feature streams plus one frames stream (`side_stream`, e.g. ETP's frame Actionness Network),
+a fourth argument `side` = (frames uint8 [B, F, H, W, 3], num_frames [B], fps [B]) fed as the
+frames stream, num_frames and fps):
   * `SavedModelDetector`: the exported SavedModel (what TF Serving runs);
   * `CheckpointDetector`: pipeline config + training checkpoint, through the same
     validated serving function the exporter saves.
@@ -74,6 +77,9 @@ class SavedModelDetector:
     inputs = self.model_info.get("inputs") or {}
     self.lengths_input = inputs.get("lengths", exporter_lib.NUM_STEPS_INPUT)
     self.rate_input = inputs.get("rate", exporter_lib.FEATURE_FPS_INPUT)
+    # Feature streams + one frames stream: the frames come with their own length and rate.
+    self.frame_lengths_input = inputs.get("frame_lengths", exporter_lib.NUM_FRAMES_INPUT)
+    self.frame_rate_input = inputs.get("frame_rate", exporter_lib.FPS_INPUT)
     declared = inputs.get("streams", {})
     self.stream_dims = collections.OrderedDict()
     for s in streams:
@@ -83,6 +89,7 @@ class SavedModelDetector:
         self.stream_dims[s] = stream_spec.FrameStream(int(shape[2]), int(shape[3]), fps)
       else:
         self.stream_dims[s] = int(shape[-1])
+    self.side_stream = side_stream(self.stream_dims)
     self.max_detections = int(
         self._fn.structured_outputs[DetectionFields.detection_scores].shape[1])
     label_map = os.path.join(self.export_dir, exporter_lib.LABEL_MAP_NAME)
@@ -95,16 +102,29 @@ class SavedModelDetector:
       return None
     return config_util.load_pipeline_config(path, validate=False)
 
-  def __call__(self, features, num_steps, feature_fps):
-    kwargs = _inputs(self._tf, self.stream_dims, features)
+  def __call__(self, features, num_steps, feature_fps, side=None):
+    kwargs = _inputs(self._tf, self.stream_dims, features, self.side_stream, side)
     kwargs[self.lengths_input] = self._tf.constant(num_steps, self._tf.int32)
     kwargs[self.rate_input] = self._tf.constant(feature_fps, self._tf.float32)
+    if self.side_stream is not None:
+      kwargs[self.frame_lengths_input] = self._tf.constant(side[1], self._tf.int32)
+      kwargs[self.frame_rate_input] = self._tf.constant(side[2], self._tf.float32)
     return {k: v.numpy() for k, v in self._fn(**kwargs).items()}
 
 
-def _inputs(tf, stream_dims, features):
-  """{stream: tensor of the stream's dtype} (float32 features, uint8 frames)."""
-  return {s: tf.constant(features[s], stream_spec.dtype(spec))
+def side_stream(stream_dims):
+  """The frames stream of a model that also reads feature streams (None otherwise)."""
+  frames = [s for s, d in stream_dims.items() if stream_spec.is_frames(d)]
+  return frames[0] if frames and len(frames) < len(stream_dims) else None
+
+
+def _inputs(tf, stream_dims, features, side_name=None, side=None):
+  """{stream: tensor of the stream's dtype} (float32 features, uint8 frames); the side
+  frames stream `side_name` from side[0]."""
+  if side_name is not None and side is None:
+    raise ValueError(f"this model also reads the frames stream {side_name!r}: pass side = "
+                     "(frames, num_frames, fps)")
+  return {s: tf.constant(side[0] if s == side_name else features[s], stream_spec.dtype(spec))
           for s, spec in stream_dims.items()}
 
 
@@ -121,6 +141,7 @@ class CheckpointDetector:
     self._module = exporter_lib.build_detection_module(config, checkpoint, max_detections)
     self._fn = self._module.serving_function()
     self.stream_dims = self._module.stream_dims
+    self.side_stream = self._module.side_frames
     self.max_detections = self._module.max_detections
     self.model_info = exporter_lib.model_info(self._module.model, self.stream_dims)
     self.label_map_path = None
@@ -129,12 +150,25 @@ class CheckpointDetector:
         self.label_map_path = getattr(config, reader_name).label_map_path
         break
 
-  def __call__(self, features, num_steps, feature_fps):
+  def __call__(self, features, num_steps, feature_fps, side=None):
     tf = self._tf
-    inputs = _inputs(tf, self.stream_dims, features)
+    inputs = _inputs(tf, self.stream_dims, features, self.side_stream, side)
     inputs[self._module.lengths_input] = tf.constant(num_steps, tf.int32)
     inputs[self._module.rate_input] = tf.constant(feature_fps, tf.float32)
+    if self.side_stream is not None:
+      inputs[self._names.NUM_FRAMES_INPUT] = tf.constant(side[1], tf.int32)
+      inputs[self._names.FPS_INPUT] = tf.constant(side[2], tf.float32)
     return {k: v.numpy() for k, v in self._fn(inputs).items()}
+
+
+def _side_batch(name, spec, frames):
+  """(frames uint8 [B, F_max, H, W, 3] zero-padded, num_frames int32 [B], fps float32 [B]) of
+  whole videos' decoded frames (`video_source.MixedVideoSource` frames objects)."""
+  counts = np.array([f.num_frames for f in frames], np.int32)
+  batch = np.zeros([len(frames), int(counts.max())] + stream_spec.step_shape(spec), np.uint8)
+  for i, f in enumerate(frames):
+    batch[i, :f.num_frames] = f.read(0, f.num_frames)[name]
+  return batch, counts, np.array([f.fps for f in frames], np.float32)
 
 
 def post_processing_defaults(detector):
@@ -197,6 +231,7 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   max_detections = int(max_detections or detector.max_detections)
+  side = getattr(detector, "side_stream", None)
   detections, proposals, skipped = {}, {}, {}
   stats = collections.Counter()
   start_time = time.time()
@@ -251,13 +286,17 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
     t_max = max(c[2] for c in chunks)
     features = {s: np.zeros([len(chunks), t_max] + stream_spec.step_shape(d),
                             stream_spec.dtype(d).as_numpy_dtype)
-                for s, d in detector.stream_dims.items()}
+                for s, d in detector.stream_dims.items() if s != side}
     for i, (_, _, length, values) in enumerate(chunks):
       for s in features:
         features[s][i, :length] = values[s]
     num_steps = np.array([c[2] for c in chunks], np.int32)
     fps = np.array([c[0].video.feature_fps for c in chunks], np.float32)
-    out = detector(features, num_steps, fps)
+    if side is None:
+      out = detector(features, num_steps, fps)
+    else:
+      out = detector(features, num_steps, fps, _side_batch(
+          side, detector.stream_dims[side], [c[0].video.frames for c in chunks]))
     stats["batches"] += 1
     stats["windows"] += len(chunks)
     for i, (state, start, _, _) in enumerate(chunks):
@@ -294,6 +333,16 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
         proposals[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0))
       continue
     windows = windowing.plan_windows(video.num_steps, window_steps, window_overlap)
+    if side is not None:
+      if getattr(video, "frames", None) is None:
+        skipped[video_id] = f"video {video_id}: no frames for the model's {side!r} stream"
+        continue
+      if len(windows) > 1:
+        # The frames are not cut to a feature window's time span: whole videos only.
+        raise ValueError(
+            f"video {video_id}: {video.num_steps} feature steps > window_steps {window_steps}, "
+            f"but a model reading feature streams and the frames stream {side!r} runs whole "
+            "videos only (window_steps 0)")
     state = _VideoState(video, len(windows))
     for start, length in windows:
       batch.append((state, start, length))

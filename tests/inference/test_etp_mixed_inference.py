@@ -1,0 +1,191 @@
+"""`infer_main` on a model reading feature streams and a frames stream (ETP with the frame
+Actionness Network): features from .npy files and frames decoded from --video, matched by
+video id; the CLI's detections equal the exported signature run on the same inputs; a
+video lacking either part is skipped and named; windowing is refused."""
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from tal_tf.builders import model_builder
+from tal_tf.core import stream_spec
+from tal_tf.data import label_map_util
+from tal_tf.evaluation import io as eval_io
+from tal_tf.export import exporter_lib
+from tal_tf.inference import infer_main
+from tal_tf.inference import inference_lib
+from tal_tf.inference import video_source
+from tal_tf.utils import config_util
+from tal_tf.video import synthetic
+
+H, W = 36, 40
+FRAME_FPS, FEATURE_FPS = 4.0, 2.0
+# video id -> seconds; "orphan" has a video file but no features, "nofile" the reverse.
+VIDEOS = {"v1": 6.0, "v2": 4.5, "orphan": 3.0}
+FEATURES = {"v1": 6.0, "v2": 4.5, "nofile": 3.0}
+NAMES = {1: "Jump", 2: "Throw"}
+
+
+def _config_text(root, label_map):
+  frames = f'streams {{ name: "frames" type: FRAMES frame_height: {H} frame_width: {W} }}'
+  reader = f'input_path: "{root}/frames.tfrecord" label_map_path: "{label_map}" {frames}'
+  features = (f'input_path: "{root}/features.tfrecord" label_map_path: "{label_map}" '
+              'streams { name: "rgb" dim: 4 } batch_size: 1')
+  return f"""
+model {{ etp {{ num_classes: 2 streams: "rgb" refinement_hidden_units: 8
+  localization_hidden_units: 8 max_proposals: 8 max_units: 4 max_length: 10 unit_length: 2
+  grouping_thresholds: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] smoothing_sigma: 1.0
+  frame_actionness {{ model_id: 10 depth_multiplier: 0.25 crop_size: 32 random_init: true
+    frames_per_call: 16
+    proposal_input_reader {{ {reader} }} eval_input_reader {{ {reader} }} }} }} }}
+train_config {{
+  optimizer {{ momentum {{ momentum: 0.9 }} learning_rate {{ constant {{ learning_rate: 0.01 }} }} }}
+  phases {{ name: "actionness" num_steps: 1 input_reader {{ {reader} batch_size: 2 }} }}
+  phases {{ name: "refinement" num_steps: 1 }}
+  phases {{ name: "localization" num_steps: 1 }} }}
+train_input_reader {{ {features} }}
+eval_input_reader {{ {features} shuffle: false repeat: false }}
+"""
+
+
+def _flags(*args):
+  fv = flags.FlagValues()
+  infer_main.define_flags(fv)
+  fv(["prog", *args])
+  return fv
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  """A seeded (untrained) ETP with the frame AN exported; its videos and .npy features."""
+  root = tmp_path_factory.mktemp("etp_mixed")
+  label_map = str(root / "label_map.pbtxt")
+  label_map_util.write_label_map(label_map, NAMES.items())
+  config_path = str(root / "etp.config")
+  with open(config_path, "w") as f:
+    f.write(_config_text(root, label_map))
+  config = config_util.load_pipeline_config(config_path)
+  tf.random.set_seed(3)
+  tf_keras.utils.set_random_seed(3)
+  model = model_builder.build(config.model)
+  dims = exporter_lib.stream_dims_from_config(config, model)
+  exporter_lib._build_variables(model, dims)  # pylint: disable=protected-access
+  tf.train.Checkpoint(model=model).save(str(root / "train" / "ckpt"))
+  export_dir = exporter_lib.export_saved_model(config, str(root / "train"),
+                                               str(root / "serving"))
+  videos = root / "videos"
+  videos.mkdir()
+  for i, (video_id, seconds) in enumerate(VIDEOS.items()):
+    synthetic.write_video(str(videos / f"{video_id}.mp4"), int(seconds * 10), 10, 64, 48,
+                          actions=[(1.0, 2.5, i % 2)])
+  rgb = root / "rgb"
+  rgb.mkdir()
+  rng = np.random.default_rng(0)
+  for video_id, seconds in FEATURES.items():
+    np.save(str(rgb / f"{video_id}.npy"),
+            rng.normal(size=(int(seconds * FEATURE_FPS), 4)).astype(np.float32))
+  return dict(root=root, export_dir=export_dir, videos=str(videos), rgb=str(rgb))
+
+
+def _cli_flags(setup, output, *extra):
+  return _flags(f"--saved_model_dir={setup['export_dir']}", f"--features=rgb:{setup['rgb']}",
+                f"--feature_fps={FEATURE_FPS}", f"--video={setup['videos']}",
+                f"--frame_rate={FRAME_FPS}", f"--output={output}", *extra)
+
+
+def _served(setup, video_id):
+  """The exported serving_default run on one video: its .npy features and its frames
+  decoded the way a frames-only model's are (FrameVideoSource)."""
+  loaded = tf.saved_model.load(setup["export_dir"])
+  fn = loaded.signatures[exporter_lib.SERVING_SIGNATURE]
+  spec = stream_spec.FrameStream(H, W, FRAME_FPS)
+  (_, decoded), = list(video_source.FrameVideoSource(setup["videos"], {"frames": spec},
+                                                     video_ids=[video_id]))
+  frames = decoded.read(0, decoded.num_steps)["frames"][np.newaxis]
+  rgb = np.load(os.path.join(setup["rgb"], f"{video_id}.npy"))[np.newaxis]
+  out = fn(rgb=tf.constant(rgb), num_steps=tf.constant([rgb.shape[1]], tf.int32),
+           feature_fps=tf.constant([FEATURE_FPS]), frames=tf.constant(frames),
+           num_frames=tf.constant([frames.shape[1]], tf.int32), fps=tf.constant([FRAME_FPS]))
+  out = {k: v.numpy()[0] for k, v in out.items()}
+  n = int(out["num_detections"])
+  return dict(segments=out["detection_segments"][:n], scores=out["detection_scores"][:n],
+              labels=[NAMES[int(c)] for c in out["detection_classes"][:n]], frames=frames)
+
+
+def test_cli_equals_served_signature_and_names_incomplete_videos(setup, tmp_path):
+  with open(os.path.join(setup["export_dir"], exporter_lib.MODEL_INFO_NAME)) as f:
+    inputs = json.load(f)["inputs"]
+  assert inputs["frame_lengths"] == "num_frames" and inputs["lengths"] == "num_steps"
+  compared = 0
+  for batch_size in (1, 2):  # 2: both videos in one call, frames and features padded.
+    output = str(tmp_path / f"results_{batch_size}.json")
+    result = infer_main.run(_cli_flags(setup, output, f"--batch_size={batch_size}"))
+    assert sorted(result.detections) == ["v1", "v2"]
+    assert sorted(result.skipped) == ["nofile", "orphan"]
+    assert "nofile" in result.skipped["nofile"] and "no video file" in result.skipped["nofile"]
+    assert "orphan.mp4" in result.skipped["orphan"]
+    assert "no features" in result.skipped["orphan"]
+    got = eval_io.load_results(output)
+    for video_id in ("v1", "v2"):
+      want = _served(setup, video_id)
+      # The frame count follows the video length at the model's frame rate.
+      assert want["frames"].shape[1] == int(VIDEOS[video_id] * FRAME_FPS)
+      order = np.argsort(-np.asarray(got[video_id]["scores"]), kind="stable")
+      assert len(order) == len(want["scores"]), video_id
+      np.testing.assert_allclose(np.asarray(got[video_id]["scores"])[order], want["scores"],
+                                 rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(np.asarray(got[video_id]["segments"])[order],
+                                 want["segments"], atol=1e-4)
+      assert [got[video_id]["labels"][i] for i in order] == want["labels"]
+      compared += len(order)
+  assert compared > 0, "no detections: the comparison above was empty"
+
+
+def test_frames_would_change_the_detections(setup):
+  """The frames reach the model: other frames give other detections (else the comparison
+  above could not see a frames-decoding mistake)."""
+  want = _served(setup, "v1")
+  loaded = tf.saved_model.load(setup["export_dir"])
+  fn = loaded.signatures[exporter_lib.SERVING_SIGNATURE]
+  rgb = np.load(os.path.join(setup["rgb"], "v1.npy"))[np.newaxis]
+  frames = 255 - want["frames"]
+  out = fn(rgb=tf.constant(rgb), num_steps=tf.constant([rgb.shape[1]], tf.int32),
+           feature_fps=tf.constant([FEATURE_FPS]), frames=tf.constant(frames),
+           num_frames=tf.constant([frames.shape[1]], tf.int32), fps=tf.constant([FRAME_FPS]))
+  n = int(out["num_detections"][0])
+  other = out["detection_scores"].numpy()[0, :n]
+  assert n != len(want["scores"]) or not np.allclose(other, want["scores"], atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((), r"give one of --features, --hdf5_features or --tfrecords and --video"),
+    (("--video=X",), r"give one of --features.*and --video"),
+])
+def test_a_missing_part_is_a_usage_error(setup, tmp_path, args, message):
+  output = str(tmp_path / "r.json")
+  if args:  # Only --video: no feature source.
+    fv = _flags(f"--saved_model_dir={setup['export_dir']}", f"--video={setup['videos']}",
+                f"--output={output}")
+  else:     # Only features: no --video.
+    fv = _flags(f"--saved_model_dir={setup['export_dir']}", f"--features=rgb:{setup['rgb']}",
+                f"--feature_fps={FEATURE_FPS}", f"--output={output}")
+  with pytest.raises(app.UsageError, match=message):
+    infer_main.run(fv)
+
+
+def test_windowing_is_refused(setup, tmp_path):
+  with pytest.raises(app.UsageError, match=r"--window_steps 4: .*frames.*--window_steps=0"):
+    infer_main.run(_cli_flags(setup, str(tmp_path / "r.json"), "--window_steps=4"))
+  # The library refuses too when a video needs more than one window.
+  detector = inference_lib.SavedModelDetector(setup["export_dir"])
+  features = video_source.feature_readers.open_source(
+      {"rgb": 4}, features=f"rgb:{setup['rgb']}", feature_fps=FEATURE_FPS, video_ids=["v1"])
+  source = video_source.MixedVideoSource(features, setup["videos"], detector.stream_dims,
+                                         fps=FRAME_FPS, video_ids=["v1"])
+  with pytest.raises(ValueError, match=r"video v1: 12 feature steps > window_steps 4"):
+    inference_lib.run_inference(detector, source, window_steps=4)
