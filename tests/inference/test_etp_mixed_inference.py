@@ -89,7 +89,16 @@ def setup(tmp_path_factory):
   for video_id, seconds in FEATURES.items():
     np.save(str(rgb / f"{video_id}.npy"),
             rng.normal(size=(int(seconds * FEATURE_FPS), 4)).astype(np.float32))
-  return dict(root=root, export_dir=export_dir, videos=str(videos), rgb=str(rgb))
+  serving = tf.saved_model.load(export_dir)
+  return dict(root=root, export_dir=export_dir, videos=str(videos), rgb=str(rgb),
+              serving=serving, served={},
+              detector=inference_lib.SavedModelDetector(export_dir))
+
+
+@pytest.fixture
+def loaded_once(setup, monkeypatch):
+  """The CLI with the fixture's detector (loading the SavedModel takes seconds)."""
+  monkeypatch.setattr(infer_main, "load_detector", lambda fv: setup["detector"])
 
 
 def _cli_flags(setup, output, *extra):
@@ -101,8 +110,9 @@ def _cli_flags(setup, output, *extra):
 def _served(setup, video_id):
   """The exported serving_default run on one video: its .npy features and its frames
   decoded the way a frames-only model's are (FrameVideoSource)."""
-  loaded = tf.saved_model.load(setup["export_dir"])
-  fn = loaded.signatures[exporter_lib.SERVING_SIGNATURE]
+  if video_id in setup["served"]:
+    return setup["served"][video_id]
+  fn = setup["serving"].signatures[exporter_lib.SERVING_SIGNATURE]
   spec = stream_spec.FrameStream(H, W, FRAME_FPS)
   (_, decoded), = list(video_source.FrameVideoSource(setup["videos"], {"frames": spec},
                                                      video_ids=[video_id]))
@@ -113,8 +123,10 @@ def _served(setup, video_id):
            num_frames=tf.constant([frames.shape[1]], tf.int32), fps=tf.constant([FRAME_FPS]))
   out = {k: v.numpy()[0] for k, v in out.items()}
   n = int(out["num_detections"])
-  return dict(segments=out["detection_segments"][:n], scores=out["detection_scores"][:n],
-              labels=[NAMES[int(c)] for c in out["detection_classes"][:n]], frames=frames)
+  setup["served"][video_id] = dict(
+      segments=out["detection_segments"][:n], scores=out["detection_scores"][:n],
+      labels=[NAMES[int(c)] for c in out["detection_classes"][:n]], frames=frames)
+  return setup["served"][video_id]
 
 
 def test_cli_equals_served_signature_and_names_incomplete_videos(setup, tmp_path):
@@ -150,8 +162,7 @@ def test_frames_would_change_the_detections(setup):
   """The frames reach the model: other frames give other detections (else the comparison
   above could not see a frames-decoding mistake)."""
   want = _served(setup, "v1")
-  loaded = tf.saved_model.load(setup["export_dir"])
-  fn = loaded.signatures[exporter_lib.SERVING_SIGNATURE]
+  fn = setup["serving"].signatures[exporter_lib.SERVING_SIGNATURE]
   rgb = np.load(os.path.join(setup["rgb"], "v1.npy"))[np.newaxis]
   frames = 255 - want["frames"]
   out = fn(rgb=tf.constant(rgb), num_steps=tf.constant([rgb.shape[1]], tf.int32),
@@ -166,7 +177,7 @@ def test_frames_would_change_the_detections(setup):
     ((), r"give one of --features, --hdf5_features or --tfrecords and --video"),
     (("--video=X",), r"give one of --features.*and --video"),
 ])
-def test_a_missing_part_is_a_usage_error(setup, tmp_path, args, message):
+def test_a_missing_part_is_a_usage_error(setup, loaded_once, tmp_path, args, message):
   output = str(tmp_path / "r.json")
   if args:  # Only --video: no feature source.
     fv = _flags(f"--saved_model_dir={setup['export_dir']}", f"--video={setup['videos']}",
@@ -178,11 +189,11 @@ def test_a_missing_part_is_a_usage_error(setup, tmp_path, args, message):
     infer_main.run(fv)
 
 
-def test_windowing_is_refused(setup, tmp_path):
+def test_windowing_is_refused(setup, loaded_once, tmp_path):
   with pytest.raises(app.UsageError, match=r"--window_steps 4: .*frames.*--window_steps=0"):
     infer_main.run(_cli_flags(setup, str(tmp_path / "r.json"), "--window_steps=4"))
   # The library refuses too when a video needs more than one window.
-  detector = inference_lib.SavedModelDetector(setup["export_dir"])
+  detector = setup["detector"]
   features = video_source.feature_readers.open_source(
       {"rgb": 4}, features=f"rgb:{setup['rgb']}", feature_fps=FEATURE_FPS, video_ids=["v1"])
   source = video_source.MixedVideoSource(features, setup["videos"], detector.stream_dims,
