@@ -32,7 +32,8 @@ NAMES = {1: "Jump", 2: "Throw"}
 
 
 def _config_text(root, label_map):
-  frames = f'streams {{ name: "frames" type: FRAMES frame_height: {H} frame_width: {W} }}'
+  frames = (f'streams {{ name: "frames" type: FRAMES frame_height: {H} frame_width: {W} '
+            f'frame_rate: {FRAME_FPS} }}')
   reader = f'input_path: "{root}/frames.tfrecord" label_map_path: "{label_map}" {frames}'
   features = (f'input_path: "{root}/features.tfrecord" label_map_path: "{label_map}" '
               'streams { name: "rgb" dim: 4 } batch_size: 1')
@@ -104,7 +105,7 @@ def loaded_once(setup, monkeypatch):
 def _cli_flags(setup, output, *extra):
   return _flags(f"--saved_model_dir={setup['export_dir']}", f"--features=rgb:{setup['rgb']}",
                 f"--feature_fps={FEATURE_FPS}", f"--video={setup['videos']}",
-                f"--frame_rate={FRAME_FPS}", f"--output={output}", *extra)
+                f"--output={output}", *extra)
 
 
 def _served(setup, video_id):
@@ -133,6 +134,8 @@ def test_cli_equals_served_signature_and_names_incomplete_videos(setup, tmp_path
   with open(os.path.join(setup["export_dir"], exporter_lib.MODEL_INFO_NAME)) as f:
     inputs = json.load(f)["inputs"]
   assert inputs["frame_lengths"] == "num_frames" and inputs["lengths"] == "num_steps"
+  # The CLI decodes at the frame rate the export recorded (no --frame_rate given).
+  assert inputs["streams"]["frames"]["fps"] == FRAME_FPS
   compared = 0
   for batch_size in (1, 2):  # 2: both videos in one call, frames and features padded.
     output = str(tmp_path / f"results_{batch_size}.json")
