@@ -92,6 +92,7 @@ def setup(tmp_path_factory):
             rng.normal(size=(int(seconds * FEATURE_FPS), 4)).astype(np.float32))
   serving = tf.saved_model.load(export_dir)
   return dict(root=root, export_dir=export_dir, videos=str(videos), rgb=str(rgb),
+              config_path=config_path,
               serving=serving, served={},
               detector=inference_lib.SavedModelDetector(export_dir))
 
@@ -159,6 +160,22 @@ def test_cli_equals_served_signature_and_names_incomplete_videos(setup, tmp_path
       assert [got[video_id]["labels"][i] for i in order] == want["labels"]
       compared += len(order)
   assert compared > 0, "no detections: the comparison above was empty"
+
+
+def test_checkpoint_cli_equals_served_signature(setup, tmp_path):
+  """--pipeline_config + --checkpoint (CheckpointDetector) feeds the frames the same way."""
+  output = str(tmp_path / "results.json")
+  result = infer_main.run(_flags(
+      f"--pipeline_config={setup['config_path']}", f"--checkpoint={setup['root']}/train",
+      f"--features=rgb:{setup['rgb']}", f"--feature_fps={FEATURE_FPS}",
+      f"--video={setup['videos']}", "--video_ids=v1", f"--output={output}"))
+  assert sorted(result.detections) == ["v1"]
+  got, want = eval_io.load_results(output)["v1"], _served(setup, "v1")
+  order = np.argsort(-np.asarray(got["scores"]), kind="stable")
+  assert len(order) == len(want["scores"]) > 0
+  np.testing.assert_allclose(np.asarray(got["scores"])[order], want["scores"], rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got["segments"])[order], want["segments"], atol=1e-4)
 
 
 def test_frames_would_change_the_detections(setup):
