@@ -1,15 +1,17 @@
 r"""S-CNN ablations (Tab. 3, Fig. 7, the alpha sweep) on the embedded dataset.
 
   python bench/bench_scnn_ablations.py [--work_dir=/tmp/scnn_ablations] [--steps=150]
-      [--base_lr=1e-4] [--num_videos=60] [--seed=1] [--runs=all|name,name,...] [--fresh]
+      [--base_lr=RATE] [--num_videos=60] [--seed=1] [--runs=all|name,name,...] [--fresh]
 
 Every run builds configs/scnn_embedded.config with a `model.scnn` override and trains its
 phases in order ("proposal", "classification", "localization", minus those an ablation drops)
 in its own subprocess, with the same data, steps and seed:
-  * each phase: SGD, momentum 0.9, Caffe-style weight decay 5e-4 (added to the gradient),
-    base rate 1e-4 with fc8 at 100x, step decay (x0.1 proposal, x0.5 classification /
-    localization) every `--steps // 3` iterations: the paper's solver (the same math as the
-    trainer's phases in configs/scnn_embedded.config) with its iteration counts scaled down;
+  * each phase: the solver of its `train_config.phases` entry in the config (SGD with
+    momentum, Caffe-style weight decay added to the gradient, fc8's learning-rate
+    multiplier, the piecewise rate's first value as base rate and the ratio of its first two
+    values as the step decay), the decay applied every `--steps // 3` iterations (the
+    config's boundaries at thirds of its phases) with the iteration counts scaled down;
+    `--base_lr` overrides every phase's base rate;
   * `begin_phase` before each phase (length prior from the training data, localization
     initialized from the classification network).
 Evaluation follows the paper through the shared evaluator (`eval_lib.evaluate_dataset`,
@@ -18,8 +20,9 @@ NMS at theta - 0.1, one post-processing per theta over the same network outputs;
 with the serving NMS (0.4) at every theta, the protocol TAL-Net is evaluated with. Fig. 7: the detections of NMS at 0.4, pooled over the test videos, cut to the
 top kappa by score, mAP@0.5 against kappa.
 
-A base rate of 1e-3 (fc8 at 1e-1) diverged (proposal loss 1.8 -> 5.7 within 60 iterations),
-so the paper's 1e-4 is the default. Runs (names for --runs):
+The solver is the paper's (base 1e-4, fc8 at 100x) except the proposal phase's base rate of
+1e-3 with fc8 at 10x (the config says why); a base rate of 1e-3 with fc8 at 100x (1e-1)
+diverged (proposal loss 1.8 -> 5.7 within 60 iterations). Runs (names for --runs):
   scnn               the full model                        (Tab. 3, Fig. 7)
   no_proposal        use_proposal_network: false           (Tab. 3)
   no_classification  localization not initialized from classification (Fig. 7)
@@ -58,16 +61,37 @@ RUNS = {
     "alpha_0.75": ("overlap_alpha: 0.75", "alpha 0.75"),
     "alpha_1.0": ("overlap_alpha: 1.0", "alpha 1.0"),
 }
-DECAY = {"proposal": 0.1, "classification": 0.5, "localization": 0.5}
+def phase_solver(config, phase, base_lr=None):
+  """The configured solver of `phase`: dict(base_lr, decay, momentum, weight_decay,
+  multipliers) from train_config.phases (piecewise_constant values v: base v[0], decay
+  v[1] / v[0]); base_lr overrides the configured base rate."""
+  for p in config.train_config.phases:
+    if p.name != phase:
+      continue
+    opt = p.optimizer
+    values = list(opt.learning_rate.piecewise_constant.values)
+    if opt.WhichOneof("optimizer_oneof") != "momentum" or len(values) < 2:
+      raise ValueError(f"{CONFIG}: train_config.phases {phase!r} must use momentum with a "
+                       f"piecewise_constant rate of >= 2 values, got {opt}")
+    return dict(base_lr=values[0] if base_lr is None else base_lr,
+                decay=values[1] / values[0], momentum=opt.momentum.momentum,
+                weight_decay=opt.momentum.weight_decay,
+                multipliers=[(m.regex, m.multiplier) for m in p.learning_rate_multipliers])
+  raise ValueError(f"{CONFIG}: train_config has no phase {phase!r}")
 
 
-def train_phase(model, phase, dataset, steps, base_lr, seed, log):
-  """Paper SGD on `phase`'s variables for `steps` batches of `dataset` (an iterator)."""
+def train_phase(model, phase, dataset, steps, solver, log, on_step=None):
+  """Caffe SGD on `phase`'s variables for `steps` batches of `dataset` (an iterator), with
+  `solver` from `phase_solver` (rate divided at every third of the phase); on_step(i) is
+  called after iteration i (1-based) when given."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
   variables = model.phase_variables(phase)
   velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-  multipliers = [100.0 if re.search(r"/fc8/", v.name) else 1.0 for v in variables]
+  # First matching regex wins (the trainer's rule).
+  multipliers = [next((m for r, m in solver["multipliers"] if re.search(r, v.name)), 1.0)
+                 for v in variables]
+  mu, wd = solver["momentum"], solver["weight_decay"]
   gt_keys = (InputFields.segments, InputFields.labels, InputFields.num_segments)
 
   @tf.function(reduce_retracing=True)
@@ -79,19 +103,20 @@ def train_phase(model, phase, dataset, steps, base_lr, seed, log):
     grads = tape.gradient(losses["total_loss"], variables)
     for v, g, s, m in zip(variables, grads, velocity, multipliers):
       # Caffe SGD: V = mu V + lr (g + wd w); w -= V.
-      s.assign(0.9 * s + lr * m * (g + 5e-4 * v))
+      s.assign(mu * s + lr * m * (g + wd * v))
       v.assign_sub(s)
     return losses["total_loss"], losses[f"{phase}_num_windows"]
 
   decay_every = max(steps // 3, 1)
   t0 = time.time()
   for i in range(steps):
-    lr = base_lr * DECAY[phase] ** (i // decay_every)
+    lr = solver["base_lr"] * solver["decay"] ** (i // decay_every)
     loss, n = step(next(dataset), tf.constant(lr, tf.float32))
     if (i + 1) % max(steps // 5, 1) == 0 or i < 3:
       log(f"  {phase} step {i + 1}/{steps} loss {float(loss):.4f} windows {int(n)} "
           f"lr {lr:.2e} ({time.time() - t0:.0f}s)")
-  del seed
+    if on_step is not None:
+      on_step(i + 1)
 
 
 def evaluate(model, config):
@@ -144,20 +169,18 @@ def evaluate(model, config):
   return out
 
 
-def run_one(name, args):
-  """Trains and evaluates one run in this process; writes <work_dir>/<name>.json."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def build_run(model_override, args):
+  """(config, model with variables, stream dims, dataset_fn) of the embedded config with a
+  `model.scnn` override, on the embedded dataset in <work_dir>/data, seeded by args.seed."""
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tal_tf import demo  # pylint: disable=g-import-not-at-top
   from tal_tf.builders import input_reader_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
-  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
 
-  log = lambda msg: print(f"[{name}] {msg}", flush=True)
   paths = demo.prepare_data(os.path.join(args.work_dir, "data"), args.num_videos, FEATURE_FPS,
                             DIM, 0)
-  override = demo.demo_override(paths, DIM) + f" model {{ scnn {{ {RUNS[name][0]} }} }}"
+  override = demo.demo_override(paths, DIM) + f" model {{ scnn {{ {model_override} }} }}"
   config = config_util.load_pipeline_config(CONFIG, override)
   tf_keras.utils.set_random_seed(args.seed)
   model = model_builder.build(config.model)
@@ -169,17 +192,30 @@ def run_one(name, args):
                                     is_training=is_training, seed=args.seed)
     return ds if repeat else ds.take(args.prior_batches)
 
+  return config, model, dims, dataset_fn
+
+
+def run_one(name, args):
+  """Trains and evaluates one run in this process; writes <work_dir>/<name>.json."""
+  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
+
+  log = lambda msg: print(f"[{name}] {msg}", flush=True)
+  config, model, dims, dataset_fn = build_run(RUNS[name][0], args)
   train = iter(dataset_fn(True, True))
   t0 = time.time()
+  solvers = {}
   for phase in model.training_phases:
     ctx = meta_arch.TrainingContext(dataset_fn, args.work_dir, 0, True, stream_dims=dims)
     model.begin_phase(phase, ctx)
-    train_phase(model, phase, train, args.steps, args.base_lr, args.seed, log)
+    solver = phase_solver(config, phase, args.base_lr)
+    solvers[phase] = solver
+    log(f"  {phase} solver {solver}")
+    train_phase(model, phase, train, args.steps, solver, log)
   train_seconds = time.time() - t0
   metrics = evaluate(model, config)
   metrics.update(name=name, description=RUNS[name][1], phases=list(model.training_phases),
                  train_seconds=train_seconds, steps_per_phase=args.steps,
-                 base_lr=args.base_lr, seed=args.seed)
+                 solvers=solvers, seed=args.seed)
   log(f"avg mAP {metrics['avg_mAP']:.4f} mAP@0.5 {metrics['mAP']['0.5']:.4f} "
       f"({train_seconds:.0f}s training)")
   with open(os.path.join(args.work_dir, f"{name}.json.tmp"), "w") as f:
@@ -256,7 +292,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", default="/tmp/scnn_ablations")
   parser.add_argument("--steps", type=int, default=150, help="iterations per phase")
-  parser.add_argument("--base_lr", type=float, default=1e-4)
+  parser.add_argument("--base_lr", type=float, default=None,
+                      help="overrides every phase's configured base rate")
   parser.add_argument("--prior_batches", type=int, default=20,
                       help="training batches read for the length prior")
   parser.add_argument("--num_videos", type=int, default=60)
