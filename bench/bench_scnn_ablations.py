@@ -1,17 +1,30 @@
-r"""S-CNN ablations (Tab. 3, Fig. 7, the alpha sweep) on the embedded dataset.
+r"""S-CNN ablations (Tab. 3, Fig. 7, the alpha sweep) on the embedded dataset (features
+backbone) or on tiny synthetic videos (C3D backbone on frames).
 
   python bench/bench_scnn_ablations.py [--work_dir=/tmp/scnn_ablations] [--steps=150]
-      [--base_lr=RATE] [--num_videos=60] [--seed=1] [--runs=all|name,name,...] [--fresh]
+      [--base_lr=RATE] [--fc8_multiplier=M] [--num_videos=60] [--seed=1]
+      [--runs=all|name,name,...] [--fresh]
+  python bench/bench_scnn_ablations.py --backbone=c3d --work_dir=/tmp/scnn_c3d \
+      [--steps=150] [--num_videos=24] ...
+
+C3D mode: configs/scnn_c3d_synthetic_video.config (C3D at 1/16 of its widths, 16x16 crops,
+windows 16/32/64 frames) on videos of tal_tf.video.synthetic (moving shapes, an action is a
+disc whose colour is its class; 2 classes) made into frame records at 10 fps, 32x24 pixels
+by create_frame_records; two thirds train, one third test; C3D at 1/4 of its widths without
+dropout (`C3D_MODEL`), batches of 4 videos. Training runs C3D only on each batch's Sec. 3.2
+sample (at most 8 windows per video). The narrow C3D starts from random
+weights, so its config trains at C3D's own from-scratch rate (3e-3, no fc8 multiplier)
+rather than the paper's fine-tuning rate (1e-4, fc8 at 100x over Sports-1M weights).
 
 Every run builds configs/scnn_embedded.config with a `model.scnn` override and trains its
 phases in order ("proposal", "classification", "localization", minus those an ablation drops)
 in its own subprocess, with the same data, steps and seed:
   * each phase: the solver of its `train_config.phases` entry in the config (SGD with
-    momentum, Caffe-style weight decay added to the gradient, fc8's learning-rate
+    momentum, Caffe-style weight decay added to the gradient, the fc8 learning-rate
     multiplier, the piecewise rate's first value as base rate and the ratio of its first two
-    values as the step decay), the decay applied every `--steps // 3` iterations (the
-    config's boundaries at thirds of its phases) with the iteration counts scaled down;
-    `--base_lr` overrides every phase's base rate;
+    values as the step decay), the decay applied every `--steps // 3` iterations, i.e. the
+    trainer's phases with the iteration counts scaled down; `--base_lr` / `--fc8_multiplier`
+    override every phase's base rate / fc8 multiplier;
   * `begin_phase` before each phase (length prior from the training data, localization
     initialized from the classification network).
 Evaluation follows the paper through the shared evaluator (`eval_lib.evaluate_dataset`,
@@ -20,9 +33,10 @@ NMS at theta - 0.1, one post-processing per theta over the same network outputs;
 with the serving NMS (0.4) at every theta, the protocol TAL-Net is evaluated with. Fig. 7: the detections of NMS at 0.4, pooled over the test videos, cut to the
 top kappa by score, mAP@0.5 against kappa.
 
-The solver is the paper's (base 1e-4, fc8 at 100x) except the proposal phase's base rate of
-1e-3 with fc8 at 10x (the config says why); a base rate of 1e-3 with fc8 at 100x (1e-1)
-diverged (proposal loss 1.8 -> 5.7 within 60 iterations). Runs (names for --runs):
+configs/scnn_embedded.config has the paper's solver (base 1e-4, fc8 at 100x) except the
+proposal phase's base rate 1e-3 with fc8 at 10x (the config says why); a base rate of 1e-3
+with fc8 at 100x (1e-1) diverged (proposal loss 1.8 -> 5.7 within 60 iterations).
+Runs (names for --runs):
   scnn               the full model                        (Tab. 3, Fig. 7)
   no_proposal        use_proposal_network: false           (Tab. 3)
   no_classification  localization not initialized from classification (Fig. 7)
@@ -46,10 +60,13 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CONFIG = os.path.join(ROOT, "configs", "scnn_embedded.config")
+C3D_CONFIG = os.path.join(ROOT, "configs", "scnn_c3d_synthetic_video.config")
 DIM = 32
 FEATURE_FPS = 2.0
 THETAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 KAPPAS = (25, 50, 100, 200, 400, 800, 1600)
+# The C3D mode's test set is ~8 videos with ~2 actions each.
+C3D_KAPPAS = (4, 8, 16, 32, 64, 128, 256)
 
 RUNS = {
     "scnn": ("", "S-CNN"),
@@ -61,34 +78,68 @@ RUNS = {
     "alpha_0.75": ("overlap_alpha: 0.75", "alpha 0.75"),
     "alpha_1.0": ("overlap_alpha: 1.0", "alpha 1.0"),
 }
-def phase_solver(config, phase, base_lr=None):
+def prepare_frames(work_dir, num_videos, seed=0):
+  """Synthetic videos -> frame records (train = 'validation', test) at the C3D config's
+  frame rate and size; returns the reader override for that config."""
+  from tal_tf.dataset_tools import create_frame_records  # pylint: disable=g-import-not-at-top
+  from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
+  from tal_tf.video import synthetic  # pylint: disable=g-import-not-at-top
+  root = os.path.join(work_dir, "frames_data")
+  spec = config_util.stream_dims(
+      config_util.load_pipeline_config(C3D_CONFIG).train_input_reader)["frames"]
+  done = os.path.join(root, "done")
+  if not os.path.exists(done):
+    synthetic.write_dataset(root, num_videos=num_videos, seconds=12.0, fps=25, width=96,
+                            height=72, seed=seed)
+    for subset in ("validation", "test"):
+      create_frame_records.convert_videos(
+          os.path.join(root, "videos"), os.path.join(root, "annotations.json"),
+          os.path.join(root, subset), os.path.join(root, "label_map.pbtxt"), subset=subset,
+          fps=spec.fps, size=(spec.width, spec.height), progress_stream=None)
+    open(done, "w").close()
+  label_map = os.path.join(root, "label_map.pbtxt")
+  return (f'train_input_reader {{ input_path: "{root}/validation-*.tfrecord" '
+          f'label_map_path: "{label_map}" batch_size: 4 }} '
+          f'eval_input_reader {{ input_path: "{root}/test-*.tfrecord" '
+          f'label_map_path: "{label_map}" }}')
+
+
+# C3D at 1/4 of its widths without dropout: at the config's 1/16 (4 channels in conv1a) the
+# randomly initialized network did not learn at all (proposal loss stayed at ln 2 over 800
+# steps at rates 3e-3 and 1e-2), at 1/4 it fits the training windows within ~500 steps.
+C3D_MODEL = "c3d { width_multiplier: 0.25 } dropout_rate: 0.0"
+
+
+def phase_solver(config, phase, base_lr=None, fc8_multiplier=None):
   """The configured solver of `phase`: dict(base_lr, decay, momentum, weight_decay,
-  multipliers) from train_config.phases (piecewise_constant values v: base v[0], decay
-  v[1] / v[0]); base_lr overrides the configured base rate."""
+  multipliers [(regex, multiplier)]) from train_config.phases (piecewise_constant values v:
+  base v[0], decay v[1] / v[0]); base_lr / fc8_multiplier override the configured ones."""
   for p in config.train_config.phases:
     if p.name != phase:
       continue
     opt = p.optimizer
     values = list(opt.learning_rate.piecewise_constant.values)
     if opt.WhichOneof("optimizer_oneof") != "momentum" or len(values) < 2:
-      raise ValueError(f"{CONFIG}: train_config.phases {phase!r} must use momentum with a "
+      raise ValueError(f"train_config.phases {phase!r}: the bench needs momentum with a "
                        f"piecewise_constant rate of >= 2 values, got {opt}")
-    return dict(base_lr=values[0] if base_lr is None else base_lr,
+    multipliers = [(m.regex, m.multiplier) for m in p.learning_rate_multipliers]
+    if fc8_multiplier is not None:
+      multipliers = [("/fc8/", float(fc8_multiplier))]
+    return dict(base_lr=values[0] if base_lr is None else float(base_lr),
                 decay=values[1] / values[0], momentum=opt.momentum.momentum,
-                weight_decay=opt.momentum.weight_decay,
-                multipliers=[(m.regex, m.multiplier) for m in p.learning_rate_multipliers])
-  raise ValueError(f"{CONFIG}: train_config has no phase {phase!r}")
+                weight_decay=opt.momentum.weight_decay, multipliers=multipliers)
+  raise ValueError(f"train_config has no phase {phase!r}")
 
 
 def train_phase(model, phase, dataset, steps, solver, log, on_step=None):
   """Caffe SGD on `phase`'s variables for `steps` batches of `dataset` (an iterator), with
-  `solver` from `phase_solver` (rate divided at every third of the phase); on_step(i) is
-  called after iteration i (1-based) when given."""
+  `solver` from `phase_solver` (the rate decayed at every third of the phase); on_step(i)
+  is called after iteration i (1-based) when given."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
   variables = model.phase_variables(phase)
   velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-  # First matching regex wins (the trainer's rule).
+  # The first matching regex wins (the trainer's rule).
   multipliers = [next((m for r, m in solver["multipliers"] if re.search(r, v.name)), 1.0)
                  for v in variables]
   mu, wd = solver["momentum"], solver["weight_decay"]
@@ -119,7 +170,7 @@ def train_phase(model, phase, dataset, steps, solver, log, on_step=None):
       on_step(i + 1)
 
 
-def evaluate(model, config):
+def evaluate(model, config, kappas=KAPPAS):
   """mAP@theta with NMS theta - 0.1 (the shared evaluator's per-threshold post-processing),
   mAP@theta with the serving NMS for every theta (TAL-Net's protocol), AR@AN of the
   proposals, and mAP@0.5 vs top-kappa."""
@@ -156,7 +207,7 @@ def evaluate(model, config):
                    for i, s in enumerate(r["scores"])), key=lambda x: -x[0])
   out["num_detections"] = len(pooled)
   out["top_kappa"] = {}
-  for kappa in KAPPAS + (len(pooled),):
+  for kappa in tuple(kappas) + (len(pooled),):
     keep = {}
     for _, v, i in pooled[:kappa]:
       keep.setdefault(v, []).append(i)
@@ -170,18 +221,25 @@ def evaluate(model, config):
 
 
 def build_run(model_override, args):
-  """(config, model with variables, stream dims, dataset_fn) of the embedded config with a
-  `model.scnn` override, on the embedded dataset in <work_dir>/data, seeded by args.seed."""
+  """(config, model with variables, stream dims, dataset_fn) of the backbone's config with a
+  `model.scnn` override, on its data in <work_dir>, seeded by args.seed."""
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tal_tf import demo  # pylint: disable=g-import-not-at-top
   from tal_tf.builders import input_reader_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
 
-  paths = demo.prepare_data(os.path.join(args.work_dir, "data"), args.num_videos, FEATURE_FPS,
-                            DIM, 0)
-  override = demo.demo_override(paths, DIM) + f" model {{ scnn {{ {model_override} }} }}"
-  config = config_util.load_pipeline_config(CONFIG, override)
+  if args.backbone == "c3d":
+    override = prepare_frames(args.work_dir, args.num_videos)
+    model_override = f"{C3D_MODEL} {model_override}"
+    base = C3D_CONFIG
+  else:
+    paths = demo.prepare_data(os.path.join(args.work_dir, "data"), args.num_videos,
+                              FEATURE_FPS, DIM, 0)
+    override = demo.demo_override(paths, DIM)
+    base = CONFIG
+  override += f" model {{ scnn {{ {model_override} }} }}"
+  config = config_util.load_pipeline_config(base, override)
   tf_keras.utils.set_random_seed(args.seed)
   model = model_builder.build(config.model)
   dims = config_util.stream_dims(config.train_input_reader)
@@ -207,15 +265,14 @@ def run_one(name, args):
   for phase in model.training_phases:
     ctx = meta_arch.TrainingContext(dataset_fn, args.work_dir, 0, True, stream_dims=dims)
     model.begin_phase(phase, ctx)
-    solver = phase_solver(config, phase, args.base_lr)
-    solvers[phase] = solver
-    log(f"  {phase} solver {solver}")
-    train_phase(model, phase, train, args.steps, solver, log)
+    solvers[phase] = phase_solver(config, phase, args.base_lr, args.fc8_multiplier)
+    log(f"  {phase} solver {solvers[phase]}")
+    train_phase(model, phase, train, args.steps, solvers[phase], log)
   train_seconds = time.time() - t0
-  metrics = evaluate(model, config)
+  metrics = evaluate(model, config, C3D_KAPPAS if args.backbone == "c3d" else KAPPAS)
   metrics.update(name=name, description=RUNS[name][1], phases=list(model.training_phases),
                  train_seconds=train_seconds, steps_per_phase=args.steps,
-                 solvers=solvers, seed=args.seed)
+                 solvers=solvers, seed=args.seed, backbone=args.backbone)
   log(f"avg mAP {metrics['avg_mAP']:.4f} mAP@0.5 {metrics['mAP']['0.5']:.4f} "
       f"({train_seconds:.0f}s training)")
   with open(os.path.join(args.work_dir, f"{name}.json.tmp"), "w") as f:
@@ -254,13 +311,14 @@ def tables(results):
   fig7 = [n for n in ("scnn", "no_classification", "no_localization") if n in results]
   if fig7:
     # The last entry of each run is "all its detections" (a run-specific count).
+    kappas = list(results[fig7[0]]["top_kappa"])[:-1]
     lines += ["", "**Fig. 7** mAP@0.5 (%) of the top-kappa pooled detections", "",
-              "| run | " + " | ".join(f"kappa={k}" for k in KAPPAS) + " | all (count) |",
-              "|---|" + "---|" * (len(KAPPAS) + 1)]
+              "| run | " + " | ".join(f"kappa={k}" for k in kappas) + " | all (count) |",
+              "|---|" + "---|" * (len(kappas) + 1)]
     for n in fig7:
       tk = list(results[n]["top_kappa"].items())
       lines.append(f"| {results[n]['description']} | "
-                   + " | ".join(pct(v) for _, v in tk[:len(KAPPAS)])
+                   + " | ".join(pct(v) for _, v in tk[:len(kappas)])
                    + f" | {pct(tk[-1][1])} ({tk[-1][0]}) |")
   return "\n".join(lines)
 
@@ -291,17 +349,23 @@ def plot_fig7(results, path):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", default="/tmp/scnn_ablations")
+  parser.add_argument("--backbone", choices=("features", "c3d"), default="features")
   parser.add_argument("--steps", type=int, default=150, help="iterations per phase")
   parser.add_argument("--base_lr", type=float, default=None,
-                      help="overrides every phase's configured base rate")
+                      help="every phase's base rate (default: each phase's configured one)")
+  parser.add_argument("--fc8_multiplier", type=float, default=None,
+                      help="every phase's fc8 multiplier (default: the configured ones)")
   parser.add_argument("--prior_batches", type=int, default=20,
                       help="training batches read for the length prior")
-  parser.add_argument("--num_videos", type=int, default=60)
+  parser.add_argument("--num_videos", type=int, default=None,
+                      help="default 60 (features), 24 (c3d)")
   parser.add_argument("--seed", type=int, default=1)
   parser.add_argument("--runs", default="all")
   parser.add_argument("--fresh", action="store_true")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.num_videos is None:
+    args.num_videos = 24 if args.backbone == "c3d" else 60
   os.makedirs(args.work_dir, exist_ok=True)
   if args.one:
     run_one(args.one, args)

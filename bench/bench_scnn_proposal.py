@@ -66,6 +66,7 @@ def main():
   parser.add_argument("--num_videos", type=int, default=60)
   parser.add_argument("--seed", type=int, default=1)
   args = parser.parse_args()
+  args.backbone = "features"
   os.makedirs(args.work_dir, exist_ok=True)
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -78,9 +79,7 @@ def main():
   phase = scnn_meta_arch.PROPOSAL
   config, model, dims, dataset_fn = ablations.build_run("", args)
   cut = config.model.scnn.proposal_score_threshold
-  solver = ablations.phase_solver(config, phase, args.base_lr)
-  if args.fc8_multiplier is not None:
-    solver["multipliers"] = [("/fc8/", args.fc8_multiplier)]
+  solver = ablations.phase_solver(config, phase, args.base_lr, args.fc8_multiplier)
   print(f"solver {solver}", flush=True)
   splits = {"test": eval_lib.build_eval_dataset(config, model.num_classes),
             "train": input_reader_builder.build(config.train_input_reader, model.num_classes,

@@ -1,5 +1,6 @@
 """Builds ETP (`model.etp`) and registers it as meta-architecture "etp"."""
 
+from tal_tf.builders import input_reader_builder
 from tal_tf.builders import matcher_builder
 from tal_tf.builders.meta_arch_registry import META_ARCHITECTURES
 from tal_tf.meta_architectures import etp_meta_arch
@@ -19,6 +20,42 @@ def _positive(config, field):
   if not value > 0:
     raise ValueError(f"model.etp.{field}: expected > 0, got {value!r}")
   return value
+
+
+def _frame_actionness(config, num_classes):
+  """FrameActionness proto -> (FrameActionnessNetwork, meta-arch kwargs)."""
+  field = "model.etp.frame_actionness"
+  if not config.frames_stream:
+    raise ValueError(f"{field}.frames_stream: expected a stream name")
+  if bool(config.pretrained_checkpoint) == bool(config.random_init):
+    raise ValueError(f"{field}: give pretrained_checkpoint (local ImageNet weights of the "
+                     "ResNet, see the README) or random_init: true (tests only), exactly one; "
+                     f"got pretrained_checkpoint={config.pretrained_checkpoint!r}, "
+                     f"random_init={config.random_init}")
+  network = etp_networks.FrameActionnessNetwork(
+      num_classes, model_id=config.model_id, depth_multiplier=config.depth_multiplier,
+      crop_size=(config.crop_size, config.crop_size), dropout_rate=config.dropout_rate,
+      frames_per_call=config.frames_per_call, name="actionness")
+  return network, dict(
+      frames_stream=config.frames_stream,
+      pretrained_checkpoint=config.pretrained_checkpoint or None,
+      proposal_frames_fn=_frames_fn(config, "proposal_input_reader", num_classes),
+      eval_frames_fn=_frames_fn(config, "eval_input_reader", num_classes))
+
+
+def _frames_fn(config, name, num_classes):
+  """() -> dataset of whole videos of the frame reader `name` of FrameActionness (None when
+  unset), read once in file order, one video per batch."""
+  if not config.HasField(name):
+    return None
+  reader = type(getattr(config, name))()
+  reader.CopyFrom(getattr(config, name))
+  if config.frames_stream not in [s.name for s in reader.streams]:
+    raise ValueError(f"model.etp.frame_actionness.{name}.streams: expected the frames stream "
+                     f"{config.frames_stream!r}, got {[s.name for s in reader.streams]}")
+  reader.repeat, reader.shuffle = False, False
+  return lambda: input_reader_builder.build(reader, num_classes=num_classes,
+                                            is_training=False, batch_size=1)
 
 
 @META_ARCHITECTURES.register("etp")
@@ -50,13 +87,18 @@ def build_etp(config):
   if not 0 <= config.min_length < config.max_length:
     raise ValueError(f"model.etp.min_length/max_length: expected 0 <= min_length < "
                      f"max_length, got {config.min_length} and {config.max_length}")
+  if config.HasField("frame_actionness"):
+    actionness, frame_kwargs = _frame_actionness(config.frame_actionness, num_classes)
+  else:
+    frame_kwargs = {}
+    actionness = etp_networks.ActionnessHead(
+        num_classes, hidden_units=config.actionness_hidden_units,
+        kernel_size=config.actionness_kernel_size,
+        dropout_rate=config.actionness_dropout_rate, name="actionness")
   return etp_meta_arch.EtpMetaArch(
       num_classes=num_classes,
       stream_names=tuple(config.streams),
-      actionness_head=etp_networks.ActionnessHead(
-          num_classes, hidden_units=config.actionness_hidden_units,
-          kernel_size=config.actionness_kernel_size,
-          dropout_rate=config.actionness_dropout_rate, name="actionness"),
+      actionness_head=actionness,
       refinement_network=etp_networks.RefinementNetwork(
           hidden_units=config.refinement_hidden_units,
           num_layers=config.refinement_num_layers, name="refinement"),
@@ -80,4 +122,4 @@ def build_etp(config):
       localization_weight=config.localization_weight,
       nms_iou_threshold=nms.iou_threshold, per_class_nms=config.per_class_nms,
       score_threshold=nms.score_threshold, max_per_class=nms.max_per_class,
-      max_detections=nms.max_total)
+      max_detections=nms.max_total, **frame_kwargs)

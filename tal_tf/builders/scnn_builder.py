@@ -56,6 +56,7 @@ def build_scnn(config):
   _check(config.max_proposals >= 1, "max_proposals", config.max_proposals, ">= 1")
   fc_units = (config.fc6_units, config.fc7_units)
   pretrained = None
+  subsets = {}
   if config.backbone == scnn_pb2.Scnn.FEATURES:
 
     def network_builder(name, num_outputs):
@@ -72,6 +73,8 @@ def build_scnn(config):
           width_multiplier=c3d_config.width_multiplier, crop_size=c3d_config.crop_size,
           dropout_rate=config.dropout_rate, name=f"scnn_{name}")
 
+    subsets = dict(max_training_windows_per_video=c3d_config.max_training_windows_per_video,
+                   inference_chunk=c3d_config.inference_chunk)
     if c3d_config.pretrained_weights_path:
       path = c3d_config.pretrained_weights_path
       pretrained = lambda network: c3d.load_c3d_weights(network.c3d, path)
@@ -101,4 +104,5 @@ def build_scnn(config):
       use_length_prior=config.use_length_prior,
       length_prior_smoothing=config.length_prior_smoothing,
       trimmed_tolerance=config.trimmed_tolerance_steps,
-      pretrained_initializer=pretrained)
+      pretrained_initializer=pretrained,
+      **subsets)

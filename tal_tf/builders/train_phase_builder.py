@@ -15,6 +15,7 @@ PhaseSpec = collections.namedtuple("PhaseSpec", [
     "trainable_patterns",   # tuple of regexes (empty = all of the model's phase variables)
     "frozen_patterns",      # tuple of regexes
     "lr_multipliers",       # tuple of (regex, multiplier), first match wins
+    "input_reader",         # InputReader proto of the phase's data, or None (the train reader)
 ])
 
 
@@ -34,7 +35,7 @@ def build(train_config, model_phases, num_train_steps=None):
     if steps <= 0:
       raise ValueError(f"train_config.num_steps (or --num_train_steps) must be > 0, got {steps}")
     specs = [PhaseSpec(name, steps, default_opt, optimizer_builder.l2_weight_decay(default_opt),
-                       (), (), ()) for name in model_phases]
+                       (), (), (), None) for name in model_phases]
     total = steps * len(specs)
     if num_train_steps and not single:
       total = min(total, int(num_train_steps))
@@ -62,7 +63,8 @@ def build(train_config, model_phases, num_train_steps=None):
     specs.append(PhaseSpec(phase.name, int(phase.num_steps), opt,
                            optimizer_builder.l2_weight_decay(opt),
                            tuple(phase.trainable_variables), tuple(phase.frozen_variables),
-                           tuple(multipliers)))
+                           tuple(multipliers),
+                           phase.input_reader if phase.HasField("input_reader") else None))
   total = sum(s.num_steps for s in specs)
   if num_train_steps:
     total = min(total, int(num_train_steps))

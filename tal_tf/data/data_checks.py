@@ -9,6 +9,7 @@ first record of every input file (cheap: one record per shard) and raise `DataMi
 
 import tensorflow as tf
 
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
 from tal_tf.data import input_pipeline
 from tal_tf.data import label_map_util
@@ -105,6 +106,9 @@ def _check_record(path, record, stream_dims, num_classes, field):
   available = sorted(k[len(SEF.feature_prefix):] for k in lists
                      if k.startswith(SEF.feature_prefix))
   for i, (stream, dim) in enumerate(stream_dims.items()):
+    if stream_spec.is_frames(dim):
+      _check_frames(path, example, video, stream, dim, f"{field}.streams[{i}]")
+      continue
     key = SEF.feature_key(stream)
     if key not in lists:
       raise DataMismatchError(
@@ -127,3 +131,27 @@ def _check_record(path, record, stream_dims, num_classes, field):
       raise DataMismatchError(
           f"{path}: video {video!r} has label ids {bad} outside 1..{num_classes} (the "
           f"model's num_classes; {field} reads these records)")
+
+
+def _check_frames(path, example, video, stream, spec, where):
+  """A FRAMES stream needs frame records (frames/jpeg) of the declared frame size."""
+  lists = example.feature_lists.feature_list
+  if SEF.frames_jpeg not in lists:
+    raise DataMismatchError(
+        f"{path}: record of video {video!r} has no {SEF.frames_jpeg} feature list, which "
+        f"{where} (stream {stream!r}, type FRAMES) reads; write frame records with "
+        f"tal_tf.dataset_tools.create_frame_records")
+  context = example.context.feature
+  have = tuple(int(context[k].int64_list.value[0]) if k in context and
+               context[k].int64_list.value else 0
+               for k in (SEF.frame_height, SEF.frame_width))
+  if have != (int(spec.height), int(spec.width)):
+    raise DataMismatchError(
+        f"{path}: frames of video {video!r} are {have[0]}x{have[1]} (height x width), but "
+        f"{where}.frame_height x frame_width is {spec.height}x{spec.width}")
+  fps = context[SEF.feature_fps].float_list.value[0] \
+      if SEF.feature_fps in context and context[SEF.feature_fps].float_list.value else 0.0
+  if spec.fps and abs(fps - spec.fps) > 1e-3 * spec.fps:
+    raise DataMismatchError(
+        f"{path}: frames of video {video!r} are at {fps:g} fps, but {where}.frame_rate is "
+        f"{spec.fps:g}")

@@ -17,6 +17,7 @@ import collections
 
 import tensorflow as tf
 
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import InputFields as F
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
 
@@ -123,12 +124,18 @@ def _segments_seconds(context):
   return segments
 
 
+def _sequence_key(stream, spec):
+  """The feature list a stream reads: features/<stream>, or frames/jpeg for frames."""
+  return SEF.frames_jpeg if stream_spec.is_frames(spec) else SEF.feature_key(stream)
+
+
 def _decode_features(context, sequences, lengths, stream_dims):
-  """{stream: [..., T, D]}, checked against video/num_steps."""
+  """{stream: [..., T, D]} (frame streams: JPEG strings [..., T], see `decode_frames`),
+  checked against video/num_steps."""
   num_steps = tf.cast(context[SEF.num_steps], tf.int32)
   out = {}
-  for stream in stream_dims:
-    key = SEF.feature_key(stream)
+  for stream, spec in stream_dims.items():
+    key = _sequence_key(stream, spec)
     values = sequences[key]
     length = (tf.cast(lengths[key], tf.int32) if lengths is not None
               else tf.shape(values, out_type=tf.int32)[0])
@@ -155,8 +162,8 @@ def _crop_num_steps(value, window):
 
 
 def _crop_window_offset(value, window):
-  del value
-  return window.offset
+  # Offsets add up: a frame record that is a piece of its video starts at its first frame.
+  return value + window.offset
 
 
 def _crop_segments(value, window):
@@ -246,11 +253,15 @@ FIELDS = collections.OrderedDict((row.key, row) for row in [
     InputField(
         F.features, {SEF.num_steps: tf.io.FixedLenFeature([], tf.int64)},
         lambda c, s, l, d, n: _decode_features(c, s, l, d),
-        lambda t, g, n, d: {stream: [t, int(dim)] for stream, dim in d.items()},
+        lambda t, g, n, d: {stream: [t] + stream_spec.step_shape(spec)
+                            for stream, spec in d.items()},
         0.0, tf.float32, _crop_features, ()),
     InputField(
-        F.window_offset, {SEF.num_steps: tf.io.FixedLenFeature([], tf.int64)},
-        lambda c, s, l, d, n: tf.zeros_like(c[SEF.num_steps], tf.int32), _scalar, 0,
+        # Feature records hold whole videos (offset 0); a frame record of a long video
+        # holds frames from video/first_frame on.
+        F.window_offset, {SEF.first_frame: tf.io.FixedLenFeature([], tf.int64,
+                                                                 default_value=0)},
+        lambda c, s, l, d, n: tf.cast(c[SEF.first_frame], tf.int32), _scalar, 0,
         tf.int32, _crop_window_offset, ()),
     InputField(
         F.segments,
@@ -338,8 +349,12 @@ def parse_specs(keys, stream_dims):
     context.update(FIELDS[key].context_specs)
   sequence = {}
   if F.features in keys:
-    sequence = {SEF.feature_key(stream): tf.io.FixedLenSequenceFeature([int(dim)], tf.float32)
-                for stream, dim in stream_dims.items()}
+    for stream, spec in stream_dims.items():
+      if stream_spec.is_frames(spec):
+        sequence[SEF.frames_jpeg] = tf.io.FixedLenSequenceFeature([], tf.string)
+      else:
+        sequence[SEF.feature_key(stream)] = tf.io.FixedLenSequenceFeature([int(spec)],
+                                                                          tf.float32)
   return context, sequence
 
 
@@ -354,7 +369,52 @@ def crop(decoded, offset, window_steps, min_kept_fraction=0.5):
   _check_known(decoded)
   window = CropWindow(decoded, offset, window_steps, min_kept_fraction)
   out = {key: FIELDS[key].crop(value, window) for key, value in decoded.items()}
-  out[F.window_offset] = window.offset
+  if F.window_offset not in out:
+    out[F.window_offset] = window.offset
+  return out
+
+
+def frame_record_as_crop(decoded, min_kept_fraction=0.5):
+  """A frame record holding frames [first, first + n) of its video (decoded window_offset =
+  first, num_steps = n) seen as a crop of the video: segments (steps and seconds) become
+  record-relative and those mostly outside the record are dropped, as `crop` does. A
+  whole-video record (first 0) only loses degenerate segments. Features are untouched."""
+  _check_known(decoded)
+  first = tf.cast(decoded[F.window_offset], tf.int32)
+  count = tf.cast(decoded[F.num_steps], tf.int32)
+  video = {k: v for k, v in decoded.items() if k not in (F.features, F.window_offset)}
+  video[F.num_steps] = first + count
+  out = crop(video, first, count, min_kept_fraction)
+  if F.features in decoded:
+    out[F.features] = decoded[F.features]
+  return out
+
+
+def _decode_jpegs(jpegs, spec):
+  """JPEG strings [N] -> uint8 [N, H, W, 3]; empty strings (batch padding) -> zeros."""
+  shape = stream_spec.step_shape(spec)
+
+  def one(data):
+    return tf.cond(tf.strings.length(data) > 0,
+                   lambda: tf.ensure_shape(tf.io.decode_jpeg(data, channels=3), shape),
+                   lambda: tf.zeros(shape, tf.uint8))
+
+  return tf.map_fn(one, jpegs, fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+
+
+def decode_frames(features, stream_dims):
+  """Decodes the frame streams of a features dict: JPEG strings [..., T] -> uint8
+  [..., T, H, W, 3] (frames of another size than the stream declares fail); feature
+  streams pass through. Core TF ops (the exported tf_example signature uses it)."""
+  out = dict(features)
+  for stream, spec in stream_dims.items():
+    if stream not in out or not stream_spec.is_frames(spec):
+      continue
+    jpegs = out[stream]
+    flat = tf.reshape(jpegs, [-1])
+    frames = _decode_jpegs(flat, spec)
+    frames = tf.reshape(frames, tf.concat([tf.shape(jpegs), stream_spec.step_shape(spec)], 0))
+    out[stream] = tf.ensure_shape(frames, jpegs.shape.concatenate(stream_spec.step_shape(spec)))
   return out
 
 
@@ -369,7 +429,10 @@ def pad_values(keys, stream_dims):
   out = {}
   for key in keys:
     row = FIELDS[key]
-    value = tf.constant(row.pad_value, row.dtype)
-    out[key] = {stream: value for stream in stream_dims} if key == F.features else value
+    if key == F.features:
+      out[key] = {stream: tf.constant(0, stream_spec.dtype(spec))
+                  for stream, spec in stream_dims.items()}
+    else:
+      out[key] = tf.constant(row.pad_value, row.dtype)
   return out
 

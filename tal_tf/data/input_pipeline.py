@@ -22,6 +22,7 @@ import sys
 
 import tensorflow as tf
 
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.data import class_aware_sampler
 from tal_tf.data import input_fields
@@ -100,7 +101,9 @@ def build_dataset(file_pattern, stream_dims, num_classes, batch_size, is_trainin
 
   Args:
     file_pattern: glob str or list of globs / paths of TFRecord files.
-    stream_dims: dict stream -> feature dim, e.g. {'rgb': 1024, 'flow': 1024}.
+    stream_dims: dict stream -> feature dim, e.g. {'rgb': 1024, 'flow': 1024}, or
+      stream_spec.FrameStream(height, width) for the JPEG frames of frame records (decoded
+      uint8 [B, T, H, W, 3]; one step = one record frame; see protos/input_reader.proto).
     num_classes: number of foreground classes (multi-hot video_labels width), or None.
     batch_size: global batch size (divided per replica when input_context is given).
     is_training: shuffle, repeat, random crop and drop the last partial batch.
@@ -262,12 +265,21 @@ def _decode_and_batch(dataset, stream_dims, num_classes, per_replica_batch, is_t
   else:
     dataset = dataset.map(lambda serialized: (serialized, tf.zeros([2], tf.int64)))
 
+  frames = stream_spec.has_frames(stream_dims)
+
   def decode(serialized, crop_seed):
     decoded = sequence_example.parse_sequence_example(serialized, stream_dims, num_classes,
-                                                      fields=parsed_keys)
+                                                      fields=parsed_keys, decode_frames=False)
+    if frames:
+      # A frame record may be one piece of a long video: its segments become its own.
+      decoded = input_fields.frame_record_as_crop(decoded, min_kept_fraction)
     if crop:
       decoded = temporal_crop.random_crop(decoded, max_steps, min_kept_fraction,
                                           stateless_seed=crop_seed)
+    if frames:
+      # JPEGs are decoded after the crop: a long video costs max_steps decoded frames.
+      decoded[InputFields.features] = input_fields.decode_frames(
+          decoded[InputFields.features], stream_dims)
     # Fields parsed only because a crop rule reads them are dropped here.
     decoded = {key: decoded[key] for key in output_keys}
     if max_segments is not None and InputFields.num_segments in decoded:

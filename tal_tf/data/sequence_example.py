@@ -9,6 +9,7 @@ ends (s), segment label ids and names, video-level label ids. Feature lists: one
 import numpy as np
 import tensorflow as tf
 
+from tal_tf.core.standard_fields import InputFields
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
 from tal_tf.data import input_fields
 
@@ -156,7 +157,8 @@ def make_frame_sequence_example(video_id, duration, fps, jpeg_frames, segments_s
   return example
 
 
-def parse_sequence_example(serialized, stream_dims, num_classes=None, fields=None):
+def parse_sequence_example(serialized, stream_dims, num_classes=None, fields=None,
+                           decode_frames=True):
   """Decodes one serialized SequenceExample (scalar string tensor) into tensors.
 
   Core TF ops only (used by the exported `tf_example` serving signature). What is parsed
@@ -168,6 +170,8 @@ def parse_sequence_example(serialized, stream_dims, num_classes=None, fields=Non
       when `fields` is None.
     fields: InputFields keys to decode (None = every known field); the fields every batch
       carries (input_fields.ALWAYS) are always decoded.
+    decode_frames: frame streams (stream_spec.FrameStream) come back decoded, uint8
+      [T, H, W, 3]; False leaves their JPEG strings [T] (the input pipeline crops first).
   Returns:
     dict keyed by InputFields: features {stream: [T, D] float32}, num_steps int32 [],
     groundtruth_segments [G, 2] float32 in feature steps (seconds * feature_fps),
@@ -180,7 +184,11 @@ def parse_sequence_example(serialized, stream_dims, num_classes=None, fields=Non
   with tf.name_scope("parse_sequence_example"):
     context, sequences = tf.io.parse_single_sequence_example(
         serialized, context_features=context_spec, sequence_features=sequence_spec)
-    return input_fields.decode(keys, context, sequences, None, stream_dims, num_classes)
+    decoded = input_fields.decode(keys, context, sequences, None, stream_dims, num_classes)
+    if decode_frames:
+      decoded[InputFields.features] = input_fields.decode_frames(
+          decoded[InputFields.features], stream_dims)
+    return decoded
 
 
 def parse_sequence_example_batch(serialized, stream_dims, num_classes=None, fields=None):
@@ -199,7 +207,11 @@ def parse_sequence_example_batch(serialized, stream_dims, num_classes=None, fiel
     serialized = tf.reshape(serialized, [-1])
     context, sequences, lengths = tf.io.parse_sequence_example(
         serialized, context_features=context_spec, sequence_features=sequence_spec)
-    return input_fields.decode(keys, context, sequences, lengths, stream_dims, num_classes)
+    decoded = input_fields.decode(keys, context, sequences, lengths, stream_dims, num_classes)
+    # Frame streams: padded with empty JPEGs, decoded to zero frames.
+    decoded[InputFields.features] = input_fields.decode_frames(
+        decoded[InputFields.features], stream_dims)
+    return decoded
 
 
 def decode_sequence_example_numpy(serialized, stream_dims=None):

@@ -15,6 +15,9 @@ Examples:
       --fps=25 --size=171x128 --output=records/frames_val --num_shards=4
   # ResNet actionness input (ETP): short side 256 at 10 fps.
   ... --fps=10 --short_side=256
+  # Trimmed clips (e.g. UCF101 for ETP's Actionness Network): each video is one action,
+  # segment [0, duration] labelled with its video-level class(es):
+  ... --trimmed --fps=10 --size=341x256
 
 Videos are found as <videos>/<video_id>.<ext> (mp4, avi, mkv, webm, mov, ...). Missing,
 empty, unreadable, stream-less, corrupt and truncated files are skipped and counted, with
@@ -63,6 +66,9 @@ def define_flags(flag_values=flags.FLAGS):
                        flag_values=fv)
   flags.DEFINE_list("ignore_classes", [], "Classes whose segments are dropped.",
                     flag_values=fv)
+  flags.DEFINE_boolean("trimmed", False, "Every video is a trimmed clip whose whole extent "
+                       "is its action: one segment [0, duration] per video-level label "
+                       "(per video: \"trimmed\": true in the JSON).", flag_values=fv)
   flags.DEFINE_float("length_tolerance", 0.1, "Relative tolerance (2-frame floor) of the "
                      "decoded length vs the annotated duration x fps (reported, kept).",
                      flag_values=fv)
@@ -120,9 +126,11 @@ def iter_video_records(video_id, path, duration, fps, segments, labels, label_te
 def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, subset=None,
                    num_shards=1, fps=25.0, size=None, short_side=None, jpeg_quality=90,
                    max_frames_per_record=1500, ignore_classes=(), length_tolerance=0.1,
-                   progress_every_seconds=10.0, progress_stream=sys.stderr):
+                   progress_every_seconds=10.0, progress_stream=sys.stderr, trimmed=False):
   """Converts one subset's videos into sharded frame TFRecords; returns the summary dict
-  (also written to <output_prefix>.summary.json)."""
+  (also written to <output_prefix>.summary.json). `trimmed`: every video is a trimmed clip
+  (one segment [0, duration] per video-level label); "trimmed": true in the JSON does the
+  same for one video."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -154,7 +162,7 @@ def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, 
         else:
           _convert_one(video_id, entry, path, writers, os.path.dirname(temps[0]), counts,
                        report, name_to_id, fps, size, short_side, jpeg_quality,
-                       max_frames_per_record, ignore_classes, length_tolerance, np)
+                       max_frames_per_record, ignore_classes, length_tolerance, np, trimmed)
         progress.update(index + 1, counts["videos"])
     finally:
       for w in writers:
@@ -167,6 +175,7 @@ def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, 
       "subset": subset or "", "shards": paths, "fps": fps,
       "size": list(size) if size else None, "short_side": short_side,
       "label_map": label_map_path, "label_map_written": label_map_written,
+      "trimmed": bool(trimmed),
       "seconds": time.time() - start_time, "skipped_videos": report.skipped_videos(),
       "quirks": report.to_dict()}
   summary_path = create_tfrecord.summary_path(output_prefix)
@@ -180,7 +189,7 @@ def convert_videos(videos_dir, annotations_path, output_prefix, label_map_path, 
 
 def _convert_one(video_id, entry, path, writers, writers_dir, counts, report, name_to_id, fps,
                  size, short_side, jpeg_quality, max_frames_per_record, ignore_classes,
-                 length_tolerance, np):
+                 length_tolerance, np, trimmed=False):
   """Decodes, checks and writes one video; counts a skip in `report` on a bad file."""
   try:
     info = decoding.probe(path)
@@ -195,8 +204,12 @@ def _convert_one(video_id, entry, path, writers, writers_dir, counts, report, na
     if not duration > 0:
       report.add("video_unreadable", video_id, f"{path}: header has no duration either")
       return
-  segments, names = annotations_lib.clean_segments(video_id, entry, duration, report,
-                                                   ignore_classes)
+  if trimmed or entry.get("trimmed", False):
+    segments, names = annotations_lib.trimmed_segments(video_id, entry, duration, report,
+                                                       ignore_classes)
+  else:
+    segments, names = annotations_lib.clean_segments(video_id, entry, duration, report,
+                                                     ignore_classes)
   labels = np.asarray([name_to_id[n] for n in names], np.int64)
   # Records are spooled to a temporary file until the whole video decoded, so a file that
   # fails part-way leaves nothing in the shards while memory stays bounded by one record.
@@ -250,7 +263,8 @@ def main(argv):
       fv.videos, fv.annotations, fv.output, fv.label_map, subset=fv.subset or None,
       num_shards=fv.num_shards, fps=fv.fps, size=size, short_side=fv.short_side,
       jpeg_quality=fv.jpeg_quality, max_frames_per_record=fv.max_frames_per_record,
-      ignore_classes=fv.ignore_classes, length_tolerance=fv.length_tolerance)
+      ignore_classes=fv.ignore_classes, length_tolerance=fv.length_tolerance,
+      trimmed=fv.trimmed)
   print(f"Converted {summary['num_written']} of {summary['num_selected']} videos "
         f"(subset: {summary['subset'] or 'all'}) into {summary['num_records']} records, "
         f"{summary['num_frames']} frames at {fv.fps:g} fps, {len(summary['shards'])} shard(s) "

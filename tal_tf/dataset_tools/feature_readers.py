@@ -197,13 +197,18 @@ class Video:
     self.stream_lengths = dict(stream_lengths or {})
 
   def read(self, start, stop):
-    """{stream: float32 [stop - start, D]} for steps [start, stop); checks finiteness."""
+    """{stream: float32 [stop - start, D]} for steps [start, stop); checks finiteness.
+    Frame streams (uint8 [stop - start, H, W, 3], inference/video_source.py) pass as they
+    are."""
     if not 0 <= start <= stop <= self.num_steps:
       raise ValueError(f"video {self.video_id}: window [{start}, {stop}) outside "
                        f"[0, {self.num_steps}]")
     out = collections.OrderedDict()
     for stream, values in self._reader(start, stop).items():
       values = np.asarray(values)
+      if values.dtype == np.uint8 and values.ndim == 4:
+        out[stream] = values
+        continue
       if stop > start:
         values = check_features(values, None,
                                 f"{self.where}: stream {stream!r} of video {self.video_id!r}",

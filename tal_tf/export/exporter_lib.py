@@ -24,6 +24,17 @@ Signatures (input and output names are the constants below):
   tf_example: examples string [B] (serialized SequenceExamples) -> the same outputs plus
       video_id string [B]; num_steps and feature_fps are read from each record.
 
+A model whose stream is frames (an input reader stream of type FRAMES, e.g. S-CNN's C3D)
+takes instead <stream> uint8 [B, T, H, W, 3] (RGB frames of the training records' size),
+num_frames int32 [B] and fps float32 [B] (frames per second), and its tf_example signature
+takes frame records (frames/jpeg, decoded in the graph). A model reading feature streams
+and one frames stream at the frames' own rate (ETP with the frame Actionness Network) takes
+both: the feature streams with num_steps and feature_fps, and <frames stream> uint8
+[B, F, H, W, 3] with num_frames [B] and fps [B]; the model's `predict` receives num_frames,
+fps and feature_fps among its features. Such a model has serving_default only (a record
+holds either features or frames). model_info.json records which inputs a model takes
+(`inputs`: names, stream kinds, frame size and rate).
+
 Every input is checked inside the graph (rank, feature dims, consistent batch and length,
 0 <= num_steps <= T, finite positive feature_fps, finite features on valid steps); a bad
 request fails with an InvalidArgument error naming the input, never a crash. T = 0 and
@@ -42,9 +53,11 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from tal_tf.builders import model_builder
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
+from tal_tf.data import input_fields
 from tal_tf.meta_architectures import meta_arch
 from tal_tf.utils import atomic_files
 from tal_tf.utils import config_util
@@ -55,7 +68,11 @@ NUM_STEPS_INPUT = "num_steps"
 FEATURE_FPS_INPUT = "feature_fps"
 EXAMPLES_INPUT = "examples"
 VIDEO_ID_OUTPUT = "video_id"
-RESERVED_INPUT_NAMES = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, EXAMPLES_INPUT)
+# Frames models: valid lengths in frames and the frame rate.
+NUM_FRAMES_INPUT = "num_frames"
+FPS_INPUT = "fps"
+RESERVED_INPUT_NAMES = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, EXAMPLES_INPUT, NUM_FRAMES_INPUT,
+                        FPS_INPUT)
 
 # Outputs of every exported model; a model adds its optional outputs.
 DETECTION_OUTPUTS = meta_arch.REQUIRED_OUTPUTS
@@ -92,7 +109,26 @@ class DetectionModule(tf.Module):
       raise ExportError(f"stream names {clash} collide with the signature inputs "
                         f"{list(RESERVED_INPUT_NAMES)}; rename the streams")
     self._stream_dims = collections.OrderedDict(
-        (s, int(stream_dims[s])) for s in model.stream_names)
+        (s, stream_dims[s] if stream_spec.is_frames(stream_dims[s]) else int(stream_dims[s]))
+        for s in model.stream_names)
+    self._all_dims = collections.OrderedDict(self._stream_dims)
+    # Feature streams plus one frames stream at its own rate: the frames are a side input
+    # with their own length and rate inputs; the checks below apply to the feature streams.
+    frame_streams = [s for s, d in self._stream_dims.items() if stream_spec.is_frames(d)]
+    self.side_frames = None
+    if frame_streams and len(frame_streams) < len(self._stream_dims):
+      if len(frame_streams) > 1:
+        raise ExportError(f"a model reading feature streams takes at most one frames stream, "
+                          f"got {frame_streams}")
+      self.side_frames = frame_streams[0]
+      del self._stream_dims[self.side_frames]
+    self.frames = stream_spec.has_frames(self._stream_dims)
+    if self.frames and len(self._stream_dims) > 1:
+      raise ExportError(f"a model reading frames takes one stream, got "
+                        f"{list(self._stream_dims)}")
+    # Names of the valid-length and rate inputs.
+    self.lengths_input = NUM_FRAMES_INPUT if self.frames else NUM_STEPS_INPUT
+    self.rate_input = FPS_INPUT if self.frames else FEATURE_FPS_INPUT
     if max_detections is not None and int(max_detections) < 1:
       raise ExportError(f"max_detections must be >= 1, got {max_detections}")
     self._max_detections = None if max_detections is None else int(max_detections)
@@ -101,8 +137,14 @@ class DetectionModule(tf.Module):
 
   @property
   def stream_dims(self):
-    """{stream: feature dim} in model order."""
-    return collections.OrderedDict(self._stream_dims)
+    """{stream: feature dim or stream_spec.FrameStream} in model order."""
+    return collections.OrderedDict(self._all_dims)
+
+  def _layout(self, stream):
+    """'float32 [batch, T, D]' or 'uint8 [batch, T, H, W, 3]' of a stream (messages)."""
+    spec = self._all_dims[stream]
+    dims = ", ".join(str(d) for d in stream_spec.step_shape(spec))
+    return f"{stream_spec.dtype(spec).name} [batch, T, {dims}]"
 
   @property
   def max_detections(self):
@@ -112,32 +154,36 @@ class DetectionModule(tf.Module):
     return int(getattr(self.model, "max_detections", 100))
 
   # ------------------------------------------------------------------ input checks
-  def _check_inputs(self, features, num_steps, feature_fps):
+  def _check_inputs(self, features, num_steps, feature_fps, streams=None, names=None):
     """In-graph validation; returns (features, num_steps, feature_fps) gated on the checks.
 
     Shapes are read with raw `Shape` ops (not Python-side static shapes) so the checks stay
     in the graph even where the signature declares a static feature dim: a C++ client can
     feed any shape and must get a clear error rather than one from deep inside the model.
+    streams / names: the streams checked together and the names of their length and rate
+    inputs (default: the main streams, lengths_input / rate_input).
     """
-    streams = list(self._stream_dims)
+    streams = list(streams or self._stream_dims)
     first = streams[0]
     shapes = {s: tf.raw_ops.Shape(input=features[s], out_type=tf.int32) for s in streams}
+    steps = {s: stream_spec.step_shape(self._all_dims[s]) for s in streams}
+    lengths_name, rate_name = names or (self.lengths_input, self.rate_input)
     rank_checks = []
     for s in streams:
       rank = tf.raw_ops.Size(input=shapes[s], out_type=tf.int32)
       rank_checks.append(tf.debugging.Assert(
-          tf.equal(rank, 3),
-          [f"input {s} must be float32 [batch, T, {self._stream_dims[s]}]; got shape",
-           shapes[s]], name=f"check_rank_{s}"))
+          tf.equal(rank, 2 + len(steps[s])),
+          [f"input {s} must be {self._layout(s)}; got shape", shapes[s]],
+          name=f"check_rank_{s}"))
     ns_shape = tf.raw_ops.Shape(input=num_steps, out_type=tf.int32)
     fps_shape = tf.raw_ops.Shape(input=feature_fps, out_type=tf.int32)
     rank_checks.append(tf.debugging.Assert(
         tf.equal(tf.raw_ops.Size(input=ns_shape, out_type=tf.int32), 1),
-        [f"input {NUM_STEPS_INPUT} must be int32 [batch]; got shape", ns_shape],
+        [f"input {lengths_name} must be int32 [batch]; got shape", ns_shape],
         name="check_rank_num_steps"))
     rank_checks.append(tf.debugging.Assert(
         tf.equal(tf.raw_ops.Size(input=fps_shape, out_type=tf.int32), 1),
-        [f"input {FEATURE_FPS_INPUT} must be float32 [batch]; got shape", fps_shape],
+        [f"input {rate_name} must be float32 [batch]; got shape", fps_shape],
         name="check_rank_feature_fps"))
 
     with tf.control_dependencies(rank_checks):
@@ -146,9 +192,14 @@ class DetectionModule(tf.Module):
       dim_checks = []
       for s in streams:
         dim_checks.append(tf.debugging.Assert(
-            tf.equal(shapes[s][2], self._stream_dims[s]),
-            [f"input {s} must have feature dim {self._stream_dims[s]} ([batch, T, "
-             f"{self._stream_dims[s]}]); got shape", shapes[s]], name=f"check_dim_{s}"))
+            # Padded so a wrong rank (reported above) still compares k = len(steps) dims.
+            tf.reduce_all(tf.equal(
+                tf.concat([shapes[s], tf.fill([len(steps[s])], -1)], 0)[2:2 + len(steps[s])],
+                steps[s])),
+            [(f"input {s} must have frames of shape {steps[s]} ({self._layout(s)}); got "
+              "shape") if stream_spec.is_frames(self._all_dims[s]) else
+             (f"input {s} must have feature dim {steps[s][0]} ({self._layout(s)[8:]}); "
+              "got shape"), shapes[s]], name=f"check_dim_{s}"))
         if s != first:
           dim_checks.append(tf.debugging.Assert(
               tf.reduce_all(tf.equal(shapes[s][:2], shapes[first][:2])),
@@ -156,12 +207,12 @@ class DetectionModule(tf.Module):
                shapes[s], shapes[first]], name=f"check_same_bt_{s}"))
       dim_checks.append(tf.debugging.Assert(
           tf.equal(ns_shape[0], batch),
-          [f"input {NUM_STEPS_INPUT} must have one entry per video ([batch]); got shape",
+          [f"input {lengths_name} must have one entry per video ([batch]); got shape",
            ns_shape, f"while {first} has shape", shapes[first]],
           name="check_batch_num_steps"))
       dim_checks.append(tf.debugging.Assert(
           tf.equal(fps_shape[0], batch),
-          [f"input {FEATURE_FPS_INPUT} must have one entry per video ([batch]); got "
+          [f"input {rate_name} must have one entry per video ([batch]); got "
            "shape", fps_shape, f"while {first} has shape", shapes[first]],
           name="check_batch_feature_fps"))
 
@@ -171,17 +222,19 @@ class DetectionModule(tf.Module):
       value_checks = [
           tf.debugging.Assert(
               tf.reduce_all((num_steps >= 0) & (num_steps <= padded)),
-              [f"input {NUM_STEPS_INPUT} must lie in [0, T]; got", num_steps, "with T =",
+              [f"input {lengths_name} must lie in [0, T]; got", num_steps, "with T =",
                padded], name="check_num_steps_range"),
           tf.debugging.Assert(
               tf.reduce_all(tf.math.is_finite(feature_fps) & (feature_fps > 0.0)),
-              [f"input {FEATURE_FPS_INPUT} must be finite and > 0 (feature steps per "
-               "second); got", feature_fps], name="check_feature_fps"),
+              [f"input {rate_name} must be finite and > 0 (steps per second); got",
+               feature_fps], name="check_feature_fps"),
       ]
     with tf.control_dependencies(value_checks):
       valid = tf.sequence_mask(num_steps, padded)[:, :, tf.newaxis]
       finite_checks = []
       for s in streams:
+        if not features[s].dtype.is_floating:
+          continue  # Frames (uint8) are always finite.
         # Padding beyond num_steps is never read by the model, so only valid steps count.
         finite = tf.math.is_finite(features[s]) | tf.logical_not(valid)
         finite_checks.append(tf.debugging.Assert(
@@ -196,10 +249,13 @@ class DetectionModule(tf.Module):
     return features, num_steps, feature_fps
 
   # ------------------------------------------------------------------ detection
-  def detect(self, features, num_steps, feature_fps):
+  def detect(self, features, num_steps, feature_fps, side_frames=None):
     """Validated batch detection: features {stream: [B, T, D]}, num_steps [B], fps [B] ->
-    dict of the model's output fields (segments in seconds, N = max_detections)."""
-    features = {s: tf.convert_to_tensor(features[s], tf.float32) for s in self._stream_dims}
+    dict of the model's output fields (segments in seconds, N = max_detections).
+    side_frames: (frames [B, F, H, W, 3], num_frames [B], fps [B]) of a model whose frames
+    stream runs at its own rate (self.side_frames)."""
+    features = {s: tf.convert_to_tensor(features[s], stream_spec.dtype(spec))
+                for s, spec in self._stream_dims.items()}
     num_steps = tf.cast(num_steps, tf.int32)
     feature_fps = tf.cast(feature_fps, tf.float32)
     features, num_steps, feature_fps = self._check_inputs(features, num_steps, feature_fps)
@@ -213,9 +269,13 @@ class DetectionModule(tf.Module):
     extra_b = tf.maximum(1 - batch, 0)
     extra_t = tf.maximum(1 - padded, 0)
     run_features = {
-        s: tf.pad(x, [[0, extra_b], [0, extra_t], [0, 0]]) for s, x in features.items()}
+        s: tf.pad(x, [[0, extra_b], [0, extra_t]] +
+                  [[0, 0]] * len(stream_spec.step_shape(self._stream_dims[s])))
+        for s, x in features.items()}
     run_steps = tf.pad(num_steps, [[0, extra_b]])
     run_fps = tf.pad(feature_fps, [[0, extra_b]], constant_values=1.0)
+    if self.side_frames is not None:
+      run_features.update(self._side_inputs(side_frames, batch, extra_b, run_fps))
 
     inputs = self.model.preprocess({InputFields.features: run_features,
                                      InputFields.num_steps: run_steps,
@@ -230,6 +290,26 @@ class DetectionModule(tf.Module):
                         f"{missing}")
     out = {key: dets[key][:batch] for key in self.model.output_fields}
     return self._resize_detections(out)
+
+  def _side_inputs(self, side_frames, batch, extra_b, run_fps):
+    """The checked, padded side frames and their length / rate inputs, as `predict` reads
+    them: {frames stream, num_frames, fps, feature_fps}."""
+    name = self.side_frames
+    frames, num_frames, fps = side_frames
+    checked, num_frames, fps = self._check_inputs(
+        {name: tf.convert_to_tensor(frames, tf.uint8)}, tf.cast(num_frames, tf.int32),
+        tf.cast(fps, tf.float32), streams=[name], names=(NUM_FRAMES_INPUT, FPS_INPUT))
+    frames = checked[name]
+    same_batch = tf.debugging.Assert(
+        tf.equal(tf.shape(frames)[0], batch),
+        [f"input {name} must have the batch of the feature streams; got", tf.shape(frames)[0],
+         "videos instead of", batch], name="check_batch_side_frames")
+    with tf.control_dependencies([same_batch]):
+      frames = tf.pad(frames, [[0, extra_b], [0, tf.maximum(1 - tf.shape(frames)[1], 0)],
+                               [0, 0], [0, 0], [0, 0]])
+    return {name: frames, NUM_FRAMES_INPUT: tf.pad(num_frames, [[0, extra_b]]),
+            FPS_INPUT: tf.pad(fps, [[0, extra_b]], constant_values=1.0),
+            FEATURE_FPS_INPUT: run_fps}
 
   def _resize_detections(self, out):
     """Slices (or zero-pads) the detection axis to max_detections (static size N)."""
@@ -256,19 +336,31 @@ class DetectionModule(tf.Module):
   def feature_input_signature(self):
     """{input name: TensorSpec} of serving_default."""
     spec = collections.OrderedDict(
-        (s, tf.TensorSpec([None, None, d], tf.float32, name=s))
+        (s, tf.TensorSpec([None, None] + stream_spec.step_shape(d), stream_spec.dtype(d),
+                          name=s))
         for s, d in self._stream_dims.items())
-    spec[NUM_STEPS_INPUT] = tf.TensorSpec([None], tf.int32, name=NUM_STEPS_INPUT)
-    spec[FEATURE_FPS_INPUT] = tf.TensorSpec([None], tf.float32, name=FEATURE_FPS_INPUT)
+    spec[self.lengths_input] = tf.TensorSpec([None], tf.int32, name=self.lengths_input)
+    spec[self.rate_input] = tf.TensorSpec([None], tf.float32, name=self.rate_input)
+    if self.side_frames is not None:
+      side = self._all_dims[self.side_frames]
+      spec[self.side_frames] = tf.TensorSpec([None, None] + stream_spec.step_shape(side),
+                                             tf.uint8, name=self.side_frames)
+      spec[NUM_FRAMES_INPUT] = tf.TensorSpec([None], tf.int32, name=NUM_FRAMES_INPUT)
+      spec[FPS_INPUT] = tf.TensorSpec([None], tf.float32, name=FPS_INPUT)
     return spec
 
   def serving_function(self):
     """tf.function(inputs dict) -> outputs dict: the serving_default signature."""
     if self._serving_fn is None:
       def serve(inputs):
-        """{stream: [B,T,D], num_steps: [B], feature_fps: [B]} -> detections dict."""
+        """{stream: [B,T,D], num_steps: [B], feature_fps: [B]} (frames: [B,T,H,W,3],
+        num_frames, fps) -> detections dict."""
         features = {s: inputs[s] for s in self._stream_dims}
-        return self.detect(features, inputs[NUM_STEPS_INPUT], inputs[FEATURE_FPS_INPUT])
+        side = None
+        if self.side_frames is not None:
+          side = (inputs[self.side_frames], inputs[NUM_FRAMES_INPUT], inputs[FPS_INPUT])
+        return self.detect(features, inputs[self.lengths_input], inputs[self.rate_input],
+                           side)
       self._serving_fn = tf.function(serve, input_signature=[self.feature_input_signature()])
     return self._serving_fn
 
@@ -282,7 +374,11 @@ class DetectionModule(tf.Module):
         SEF.feature_fps: tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
         SEF.num_steps: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     }
-    sequence_spec = {SEF.feature_key(s): tf.io.FixedLenSequenceFeature([d], tf.float32)
+    keys = {s: (SEF.frames_jpeg if stream_spec.is_frames(d) else SEF.feature_key(s))
+            for s, d in self._stream_dims.items()}
+    sequence_spec = {keys[s]: (tf.io.FixedLenSequenceFeature([], tf.string)
+                               if stream_spec.is_frames(d) else
+                               tf.io.FixedLenSequenceFeature([d], tf.float32))
                      for s, d in self._stream_dims.items()}
     # The signature declares [B], but a C++ client can feed any rank; the parser would then
     # fail (or, for a scalar, silently return unbatched values) without naming the input.
@@ -306,7 +402,7 @@ class DetectionModule(tf.Module):
           [f"input {EXAMPLES_INPUT}: records lack the context feature {key} (record indices)",
            tf.where(value < 0)[:, 0]], name=f"check_context_{key.replace('/', '_')}"))
     for s in self._stream_dims:
-      key = SEF.feature_key(s)
+      key = keys[s]
       checks.append(tf.debugging.Assert(
           tf.reduce_all(tf.equal(tf.cast(lengths[key], tf.int32), num_steps)),
           [f"record feature list {key} length differs from {SEF.num_steps} for records",
@@ -314,7 +410,9 @@ class DetectionModule(tf.Module):
           name=f"check_record_length_{s}"))
     with tf.control_dependencies(checks):
       num_steps = tf.identity(num_steps)
-    features = {s: sequences[SEF.feature_key(s)] for s in self._stream_dims}
+    features = {s: sequences[keys[s]] for s in self._stream_dims}
+    # Frame records: JPEGs decoded in the graph (padding -> zero frames).
+    features = input_fields.decode_frames(features, self._stream_dims)
     return features, num_steps, context[SEF.feature_fps], context[SEF.video_id]
 
   def tf_example_function(self):
@@ -333,16 +431,37 @@ class DetectionModule(tf.Module):
 
   def signatures(self):
     """{signature name: ConcreteFunction} to pass to tf.saved_model.save."""
-    return {
-        SERVING_SIGNATURE: self.serving_function().get_concrete_function(),
-        TF_EXAMPLE_SIGNATURE: self.tf_example_function().get_concrete_function(),
-    }
+    signatures = {SERVING_SIGNATURE: self.serving_function().get_concrete_function()}
+    if self.side_frames is None:
+      signatures[TF_EXAMPLE_SIGNATURE] = self.tf_example_function().get_concrete_function()
+    return signatures
 
 
 # --------------------------------------------------------------------------- model info
-def model_info(model):
-  """What tools outside the graph need to know of a model (JSON-serializable dict)."""
-  return dict(
+def input_info(stream_dims):
+  """The serving inputs of a model reading `stream_dims` (JSON-serializable): the names of
+  the length and rate inputs and each stream's kind and step shape (frames: size, rate)."""
+  frames = stream_spec.has_frames(stream_dims)
+  mixed = frames and not all(stream_spec.is_frames(d) for d in stream_dims.values())
+  streams = {}
+  for name, spec in stream_dims.items():
+    if stream_spec.is_frames(spec):
+      streams[name] = dict(type="frames", height=int(spec.height), width=int(spec.width),
+                           fps=float(spec.fps))
+    else:
+      streams[name] = dict(type="features", dim=int(spec))
+  if mixed:
+    # Feature streams at num_steps / feature_fps, the frames at num_frames / fps.
+    return dict(lengths=NUM_STEPS_INPUT, rate=FEATURE_FPS_INPUT, frame_lengths=NUM_FRAMES_INPUT,
+                frame_rate=FPS_INPUT, streams=streams)
+  return dict(lengths=NUM_FRAMES_INPUT if frames else NUM_STEPS_INPUT,
+              rate=FPS_INPUT if frames else FEATURE_FPS_INPUT, streams=streams)
+
+
+def model_info(model, stream_dims=None):
+  """What tools outside the graph need to know of a model (JSON-serializable dict); with
+  `stream_dims`, also its serving inputs (`input_info`)."""
+  info = dict(
       meta_architecture=type(model).__name__,
       num_classes=int(model.num_classes),
       stream_names=list(model.stream_names),
@@ -351,13 +470,16 @@ def model_info(model):
       max_detections=int(model.max_detections),
       window_merge={k: (float(v) if isinstance(v, float) else int(v))
                     for k, v in model.window_merge.items()})
+  if stream_dims is not None:
+    info["inputs"] = input_info(stream_dims)
+  return info
 
 
-def write_model_info(model, directory):
+def write_model_info(model, directory, stream_dims=None):
   """Writes model_info.json (read by the inference CLI; TF Serving ignores it)."""
   path = os.path.join(directory, MODEL_INFO_NAME)
   with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(model_info(model), indent=2, sort_keys=True))
+    f.write(json.dumps(model_info(model, stream_dims), indent=2, sort_keys=True))
   return path
 
 
@@ -375,11 +497,18 @@ def read_model_info(export_dir):
 
 # --------------------------------------------------------------------------- building
 def stream_dims_from_config(config, model):
-  """{stream: dim} of the model's streams, from the eval (else train) input reader."""
+  """{stream: dim} of the model's streams, from the eval (else train) input reader; streams
+  only some phases read (model.phase_stream_names, e.g. ETP's frames of trimmed clips) may
+  come from those phases' readers."""
   streams = list(model.stream_names)
+  phase_readers = [r for name, r in config_util.input_readers(config)
+                   if name.startswith("train_config.phases")]
   for reader_name in ("eval_input_reader", "train_input_reader"):
     if config.HasField(reader_name):
-      dims = config_util.stream_dims(getattr(config, reader_name))
+      dims = dict(config_util.stream_dims(getattr(config, reader_name)))
+      for reader in phase_readers:
+        for stream, spec in config_util.stream_dims(reader).items():
+          dims.setdefault(stream, spec)
       missing = [s for s in streams if s not in dims]
       if missing:
         raise ExportError(f"pipeline config: {reader_name}.streams lacks dims for model "
@@ -615,7 +744,7 @@ def _write_version(module, config, staging, final_dir, output_directory, version
     saved_config.export_config.max_detections = int(max_detections)
   with open(os.path.join(staging, PIPELINE_CONFIG_NAME), "w", encoding="utf-8") as f:
     f.write(text_format.MessageToString(saved_config))
-  write_model_info(module.model, staging)
+  write_model_info(module.model, staging, module.stream_dims)
   tf.train.Checkpoint(model=module.model).save(
       os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
   os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.

@@ -11,6 +11,9 @@ From a pipeline config and a training checkpoint (no export needed):
   python -m tal_tf.inference.infer_main --pipeline_config=configs/x.config \
       --checkpoint=runs/x --tfrecords='data/thumos14_test.tfrecord-*' --output=results.json
 
+A model reading frames (e.g. S-CNN with the C3D backbone) takes --video alone: each video is
+decoded at the frame rate and size recorded in its model_info.json (--frame_rate overrides).
+
 From raw video (a file or a folder), with the extractor the training features were made
 with (feature_extractor.json, written by tal_tf.dataset_tools.extract_features), and a
 picture of the detections over each video's time axis:
@@ -59,8 +62,12 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("video", None, "A video file or a folder of videos (decoded and "
                       "featurized with --feature_extractor).", flag_values=fv)
   flags.DEFINE_string("feature_extractor", None, "feature_extractor.json written by "
-                      "extract_features beside the training features (with --video).",
+                      "extract_features beside the training features (with --video; not for "
+                      "a model reading frames, which gets the decoded frames).",
                       flag_values=fv)
+  flags.DEFINE_float("frame_rate", None, "With --video and a model reading frames: frames "
+                     "per second to decode at (default: the rate in model_info.json).",
+                     flag_values=fv)
   flags.DEFINE_string("timeline_png", None, "Optional PNG of the detections over each "
                       "video's time axis (with the ground truth of --annotations if given).",
                       flag_values=fv)
@@ -144,6 +151,10 @@ def feature_source(fv, stream_dims):
   video_ids = selected_video_ids(fv)
   if given == ["video"]:
     return _video_source(fv, stream_dims, video_ids)
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
+  if stream_spec.has_frames(stream_dims):
+    raise app.UsageError("this model reads frames: give --video (decoded at the model's "
+                         "frame rate and size)")
   try:
     return feature_readers.open_source(
         stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,
@@ -153,9 +164,20 @@ def feature_source(fv, stream_dims):
 
 
 def _video_source(fv, stream_dims, video_ids):
-  """VideoSource of --video featurized by --feature_extractor."""
+  """VideoSource of --video featurized by --feature_extractor, or, for a model reading
+  frames, its decoded frames (FrameVideoSource)."""
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
   from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
   from tal_tf.video import feature_extraction  # pylint: disable=g-import-not-at-top
+  if stream_spec.has_frames(stream_dims):
+    if fv.feature_extractor:
+      raise app.UsageError("--feature_extractor: this model reads frames (no features)")
+    try:
+      return video_source.FrameVideoSource(fv.video, stream_dims,
+                                           fps=getattr(fv, "frame_rate", None),
+                                           video_ids=video_ids)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   if not fv.feature_extractor:
     raise app.UsageError("--video needs --feature_extractor (feature_extractor.json)")
   extractor = feature_extraction.FeatureExtractor.from_spec(fv.feature_extractor)

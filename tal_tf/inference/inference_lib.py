@@ -1,7 +1,9 @@
 """Runs an exported (or checkpointed) detector over feature files, window by window.
 
 Two detectors share one call interface, `detector(features {stream: [B, T, D]}, num_steps
-[B], feature_fps [B]) -> {output name: numpy array}` (the serving_default signature):
+[B], feature_fps [B]) -> {output name: numpy array}` (the serving_default signature; for a
+model reading frames, features {stream: uint8 [B, T, H, W, 3]}, num_steps in frames and
+feature_fps the frame rate, fed as the signature's num_frames / fps):
   * `SavedModelDetector`: the exported SavedModel (what TF Serving runs);
   * `CheckpointDetector`: pipeline config + training checkpoint, through the same
     validated serving function the exporter saves.
@@ -20,6 +22,7 @@ import time
 from absl import logging
 import numpy as np
 
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.inference import windowing
@@ -68,7 +71,18 @@ class SavedModelDetector:
     ordered = list(self.model_info["stream_names"])
     if sorted(ordered) == sorted(streams):
       streams = ordered
-    self.stream_dims = collections.OrderedDict((s, int(specs[s].shape[-1])) for s in streams)
+    inputs = self.model_info.get("inputs") or {}
+    self.lengths_input = inputs.get("lengths", exporter_lib.NUM_STEPS_INPUT)
+    self.rate_input = inputs.get("rate", exporter_lib.FEATURE_FPS_INPUT)
+    declared = inputs.get("streams", {})
+    self.stream_dims = collections.OrderedDict()
+    for s in streams:
+      shape = specs[s].shape
+      if shape.rank == 5:  # frames [B, T, H, W, 3]
+        fps = float(declared.get(s, {}).get("fps", 0.0))
+        self.stream_dims[s] = stream_spec.FrameStream(int(shape[2]), int(shape[3]), fps)
+      else:
+        self.stream_dims[s] = int(shape[-1])
     self.max_detections = int(
         self._fn.structured_outputs[DetectionFields.detection_scores].shape[1])
     label_map = os.path.join(self.export_dir, exporter_lib.LABEL_MAP_NAME)
@@ -82,11 +96,16 @@ class SavedModelDetector:
     return config_util.load_pipeline_config(path, validate=False)
 
   def __call__(self, features, num_steps, feature_fps):
-    tf = self._tf
-    kwargs = {s: tf.constant(features[s], tf.float32) for s in self.stream_dims}
-    kwargs[self._names.NUM_STEPS_INPUT] = tf.constant(num_steps, tf.int32)
-    kwargs[self._names.FEATURE_FPS_INPUT] = tf.constant(feature_fps, tf.float32)
+    kwargs = _inputs(self._tf, self.stream_dims, features)
+    kwargs[self.lengths_input] = self._tf.constant(num_steps, self._tf.int32)
+    kwargs[self.rate_input] = self._tf.constant(feature_fps, self._tf.float32)
     return {k: v.numpy() for k, v in self._fn(**kwargs).items()}
+
+
+def _inputs(tf, stream_dims, features):
+  """{stream: tensor of the stream's dtype} (float32 features, uint8 frames)."""
+  return {s: tf.constant(features[s], stream_spec.dtype(spec))
+          for s, spec in stream_dims.items()}
 
 
 class CheckpointDetector:
@@ -103,7 +122,7 @@ class CheckpointDetector:
     self._fn = self._module.serving_function()
     self.stream_dims = self._module.stream_dims
     self.max_detections = self._module.max_detections
-    self.model_info = exporter_lib.model_info(self._module.model)
+    self.model_info = exporter_lib.model_info(self._module.model, self.stream_dims)
     self.label_map_path = None
     for reader_name in ("eval_input_reader", "train_input_reader"):
       if config.HasField(reader_name) and getattr(config, reader_name).label_map_path:
@@ -112,9 +131,9 @@ class CheckpointDetector:
 
   def __call__(self, features, num_steps, feature_fps):
     tf = self._tf
-    inputs = {s: tf.constant(features[s], tf.float32) for s in self.stream_dims}
-    inputs[self._names.NUM_STEPS_INPUT] = tf.constant(num_steps, tf.int32)
-    inputs[self._names.FEATURE_FPS_INPUT] = tf.constant(feature_fps, tf.float32)
+    inputs = _inputs(tf, self.stream_dims, features)
+    inputs[self._module.lengths_input] = tf.constant(num_steps, tf.int32)
+    inputs[self._module.rate_input] = tf.constant(feature_fps, tf.float32)
     return {k: v.numpy() for k, v in self._fn(inputs).items()}
 
 
@@ -230,7 +249,8 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
     if not chunks:
       return
     t_max = max(c[2] for c in chunks)
-    features = {s: np.zeros((len(chunks), t_max, d), np.float32)
+    features = {s: np.zeros([len(chunks), t_max] + stream_spec.step_shape(d),
+                            stream_spec.dtype(d).as_numpy_dtype)
                 for s, d in detector.stream_dims.items()}
     for i, (_, _, length, values) in enumerate(chunks):
       for s in features:

@@ -34,6 +34,22 @@ context (the unit [u, u + d] with context d/2 each side is exactly SSN's start /
 end stages with context fraction 1/2), so its input does not change when the LN trains.
 
 Streams are concatenated along channels and read by all three networks.
+
+Frame Actionness Network (`frames_stream` set; the paper's AN): a ResNet classifies every
+RGB frame (etp_networks.FrameActionnessNetwork, S_k = sigmoid). The actionness phase trains
+it on the frames stream of its own input reader, trimmed clips whose single segment covers
+the clip, so every frame is labelled with its clip's class (step_targets on frame steps);
+begin_phase restores the backbone's ImageNet checkpoint when the phase starts fresh. The
+refinement and localization phases read the feature streams only: begin_phase runs the AN
+once over the untrimmed training videos' frame records (`proposal_frames_fn`; a long video
+stored as several records is reassembled from their first frames), pools each video's frame
+scores into its feature steps (tal_tf/core/frame_step_pooling.py: the mean of the frames whose
+times i / frame_fps fall in the step's interval [k / feature_fps, (k + 1) / feature_fps), a
+step without frames takes the frame nearest its center), runs Algorithm 1 on the step
+curves and caches the proposals as above. In `predict` the chain takes the frames stream
+(uint8 [B, F, H, W, 3]) beside the feature streams, with NUM_FRAMES [B], FRAME_FPS [B] and
+FEATURE_FPS [B] (defaults: all F frames, one frame per step) or FRAME_SCORES [B, F, K]
+instead of the frames.
 """
 import os
 
@@ -41,6 +57,7 @@ import numpy as np
 import tensorflow as tf
 
 from tal_tf.core import actionness_grouping
+from tal_tf.core import frame_step_pooling
 from tal_tf.core import losses as losses_lib
 from tal_tf.core import post_processing
 from tal_tf.core import pyramid_pooling
@@ -55,6 +72,12 @@ from tal_tf.utils import atomic_files
 ACTIONNESS, REFINEMENT, LOCALIZATION = "actionness", "refinement", "localization"
 CACHED_PROPOSALS = "etp/cached_proposals"          # [B, P, 2] steps, in the batch's window
 CACHED_NUM_PROPOSALS = "etp/cached_num_proposals"  # [B] int32, -1 = video not in the cache
+# Frame Actionness Network inputs besides the frames stream (feature keys of `predict`; the
+# exported serving_default's input names):
+NUM_FRAMES = "num_frames"      # [B] int32 valid frames (default: all F frames)
+FRAME_FPS = "fps"              # [B] float32 frames per second of the frames stream
+FEATURE_FPS = "feature_fps"    # [B] float32 feature steps per second (default: = frame_fps)
+FRAME_SCORES = "etp/frame_scores"  # [B, F, K] precomputed S_k of the frames (instead of them)
 
 
 def _sample(mask, count, seed=None):
@@ -81,12 +104,23 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
                background_ratio=1.0, incomplete_ratio=4.0, hard_incomplete_fraction=0.25,
                completeness_weight=0.1, localization_weight=0.1, nms_iou_threshold=0.36,
                per_class_nms=True, score_threshold=0.0, max_per_class=100,
-               max_detections=100, name="etp"):
+               max_detections=100, frames_stream=None, pretrained_checkpoint=None,
+               proposal_frames_fn=None, eval_frames_fn=None, name="etp"):
     """Builds ETP from its three Keras networks and plain settings (defaults: the paper's).
 
+    actionness_head: etp_networks.ActionnessHead (the `features` AN, on the streams) or
+      etp_networks.FrameActionnessNetwork (the paper's AN on frames; `frames_stream` names
+      the frames input, module docstring "Frame Actionness Network").
     grouping: kwargs of actionness_grouping.actionness_proposals except nms/max (thresholds,
       min_length, max_length, smoothing_sigma, smoothing_truncate, num_iterations,
       nms_iou_threshold = the grouping's own NMS).
+    pretrained_checkpoint: frames AN only: local checkpoint of the backbone's ImageNet
+      weights, restored when the actionness phase starts fresh (None: random init, tests).
+    proposal_frames_fn: frames AN only: () -> tf.data.Dataset of padded batches (InputFields
+      keys) of the untrimmed training videos' frame records, read when the RN / LN phases
+      generate their proposals.
+    eval_frames_fn: frames AN only: the same for the evaluation videos (evaluation_batches);
+      None: evaluation batches must hold the frames themselves.
     """
     super().__init__(name=name)
     if num_classes < 1:
@@ -96,6 +130,15 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     self._num_classes = int(num_classes)
     self._stream_names = tuple(stream_names)
     self._an, self._rn, self._ln = actionness_head, refinement_network, localization_head
+    self._frames_stream = frames_stream or None
+    if self._frames_stream in self._stream_names:
+      raise ValueError(f"etp: the frames stream {frames_stream!r} cannot also be a feature "
+                       f"stream ({list(stream_names)})")
+    if self._frames_stream and not hasattr(actionness_head, "video_logits"):
+      raise ValueError("etp: frames_stream needs a frame actionness network")
+    self._pretrained_checkpoint = pretrained_checkpoint or None
+    self._proposal_frames_fn = proposal_frames_fn
+    self._eval_frames_fn = eval_frames_fn
     self._matcher = matcher
     self._grouping = dict(grouping or {})
     self._unit_length, self._unit_stride = float(unit_length), float(unit_stride)
@@ -129,7 +172,39 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
 
   @property
   def stream_names(self):
-    return self._stream_names
+    """Feature streams, then the frames stream when the AN reads frames."""
+    return self._stream_names + ((self._frames_stream,) if self._frames_stream else ())
+
+  @property
+  def frames_stream(self):
+    """Name of the frames input of the frame Actionness Network (None: features AN)."""
+    return self._frames_stream
+
+  def phase_stream_names(self, phase):
+    """Streams a training phase reads: with the frames AN, the actionness phase reads only
+    frames (trimmed clips) and the later phases only the feature streams (their proposals
+    come from the cache that begin_phase builds from the untrimmed videos' frames)."""
+    if not self._frames_stream:
+      return self._stream_names
+    if phase is None:
+      # Evaluation: the frames come with the batches unless the model reads them itself.
+      return self._stream_names if self._eval_frames_fn else self.stream_names
+    return (self._frames_stream,) if phase == ACTIONNESS else self._stream_names
+
+  def evaluation_batches(self, dataset):
+    """With the frame AN and `eval_frames_fn`: each evaluation batch (feature streams) gains
+    its videos' frame scores, computed once from the evaluation videos' frame records."""
+    if not (self._frames_stream and self._eval_frames_fn):
+      return dataset
+    frame_scores = self.video_frame_scores(self._eval_frames_fn)
+
+    def batches():
+      for batch in dataset:
+        out = dict(batch)
+        out[InputFields.features] = self._with_frame_scores(batch[InputFields.features], batch,
+                                                            frame_scores)
+        yield out
+    return batches()
 
   @property
   def max_detections(self):
@@ -185,6 +260,9 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     """Generates (or loads) the phase's training proposals and activates them (module doc)."""
     if phase == ACTIONNESS:
       self._caches.active = None
+      if self._frames_stream and self._pretrained_checkpoint and context.fresh:
+        # ImageNet weights, then fine-tuning (Sec. 4.2); a resumed run has its own weights.
+        self._an.restore_pretrained(self._pretrained_checkpoint)
       return
     path = os.path.join(context.cache_dir, f"{phase}_proposals.npz")
     if os.path.exists(path):
@@ -202,11 +280,21 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     Returns (ids [V] bytes, proposals [V, P, 2] float32 steps, counts [V] int32): the input
     proposals of `phase` (AN's for the RN; RN's refined ones, or AN's without RN, for the LN).
     """
+    frame_scores = None
+    if self._frames_stream:
+      if self._proposal_frames_fn is None:
+        raise ValueError("etp: the frame Actionness Network needs the untrimmed training "
+                         "videos' frame records to make the RN / LN training proposals "
+                         "(model.etp.frame_actionness.proposal_input_reader)")
+      frame_scores = self.video_frame_scores(self._proposal_frames_fn)
     # Videos differ in length: one trace with a dynamic time axis, not one per length.
     fn = tf.function(lambda f, n: self._phase_inputs(f, n, phase), reduce_retracing=True)
     ids, proposals, counts = [], [], []
     for batch in dataset:
-      segments, _, num = fn(batch[InputFields.features], batch[InputFields.num_steps])
+      features = batch[InputFields.features]
+      if frame_scores is not None:
+        features = self._with_frame_scores(features, batch, frame_scores)
+      segments, _, num = fn(features, batch[InputFields.num_steps])
       ids.extend(v.numpy() if hasattr(v, "numpy") else v for v in batch[InputFields.video_id])
       proposals.append(segments.numpy())
       counts.append(num.numpy())
@@ -215,6 +303,53 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
               np.zeros([0], np.int32))
     return (np.array(ids, dtype=object), np.concatenate(proposals).astype(np.float32),
             np.concatenate(counts).astype(np.int32))
+
+  def video_frame_scores(self, frames_fn):
+    """Runs the frame AN over the videos of frames_fn() (a dataset of frame-record batches):
+    {video id (str): (S_k of every frame float32 [F, K], frames per second)}. A video stored
+    as several records (long videos) is reassembled from their window offsets (first
+    frames)."""
+    fn = tf.function(lambda frames, n: tf.sigmoid(self._an.video_logits(frames, n)),
+                     reduce_retracing=True)
+    pieces = {}
+    for batch in frames_fn():
+      frames = batch[InputFields.features][self._frames_stream]
+      num = batch[InputFields.num_steps]
+      scores = fn(frames, num).numpy()
+      offsets = batch.get(InputFields.window_offset, tf.zeros_like(num)).numpy()
+      for i, video_id in enumerate(batch[InputFields.video_id].numpy()):
+        n = int(num[i])
+        pieces.setdefault(video_id.decode(), []).append(
+            (int(offsets[i]), scores[i, :n], float(batch[InputFields.feature_fps][i])))
+    out = {}
+    for video_id, parts in pieces.items():
+      total = max(o + len(p) for o, p, _ in parts)
+      scores = np.zeros([total, self._num_classes], np.float32)
+      for offset, part, _ in parts:
+        scores[offset:offset + len(part)] = part
+      out[video_id] = (scores, parts[0][2])
+    return out
+
+  def _with_frame_scores(self, features, batch, frame_scores):
+    """Adds a feature batch's videos' frame scores (FRAME_SCORES, NUM_FRAMES, FRAME_FPS,
+    FEATURE_FPS) from video_frame_scores()' table; a video without frames gets none (and
+    so no proposals)."""
+    ids = [v.decode() for v in batch[InputFields.video_id].numpy()]
+    entries = [frame_scores.get(v, (np.zeros([0, self._num_classes], np.float32), 1.0))
+               for v in ids]
+    missing = [v for v, e in zip(ids, entries) if not len(e[0])]
+    if missing:
+      tf.get_logger().warning("etp: no frame records for videos %s: no proposals", missing)
+    longest = max([len(e[0]) for e in entries] + [0])
+    scores = np.zeros([len(ids), longest, self._num_classes], np.float32)
+    for i, (s, _) in enumerate(entries):
+      scores[i, :len(s)] = s
+    out = dict(features)
+    out[FRAME_SCORES] = tf.constant(scores)
+    out[NUM_FRAMES] = tf.constant([len(e[0]) for e in entries], tf.int32)
+    out[FRAME_FPS] = tf.constant([e[1] for e in entries], tf.float32)
+    out[FEATURE_FPS] = tf.cast(batch[InputFields.feature_fps], tf.float32)
+    return out
 
   def set_proposal_cache(self, ids, proposals, counts):
     """Activates a proposal table: ids [V] (str/bytes), proposals [V, P, 2], counts [V]."""
@@ -262,6 +397,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
 
   # ------------------------------------------------------------------ forward
   def _inputs(self, features, num_steps):
+    """Feature streams concatenated [B, max(T, 1), D] and num_steps clipped to T."""
     missing = [s for s in self._stream_names if s not in features]
     if missing:
       raise KeyError(f"etp: feature streams {missing} missing from the input; "
@@ -276,8 +412,33 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
   def _actionness(self, x, num_steps, training):
     return self._an(x, num_steps, training=training)
 
-  def _an_proposals(self, x, num_steps):
-    scores = tf.sigmoid(tf.stop_gradient(self._actionness(x, num_steps, False)))
+  def step_actionness(self, features, x, num_steps):
+    """S_1..S_K per feature step [B, T, K] (T = x's time axis).
+
+    Features AN: the sigmoid of its per-step logits. Frames AN: the sigmoid of each frame's
+    logits (or FRAME_SCORES when given), pooled into the feature steps by
+    frame_step_pooling (mean of the frames whose times fall in a step's interval; a step
+    without frames takes the frame nearest its center)."""
+    if not self._frames_stream:
+      return tf.sigmoid(self._actionness(x, num_steps, False))
+    if FRAME_SCORES in features:
+      frame_scores = tf.convert_to_tensor(features[FRAME_SCORES], tf.float32)
+    else:
+      if self._frames_stream not in features:
+        raise KeyError(f"etp: the frames stream {self._frames_stream!r} (or "
+                       f"{FRAME_SCORES!r}) is missing from the input; got {sorted(features)}")
+      frames = features[self._frames_stream]
+      count = features.get(NUM_FRAMES, tf.fill(tf.shape(frames)[:1], tf.shape(frames)[1]))
+      frame_scores = tf.sigmoid(self._an.video_logits(frames, count))
+    shape = tf.shape(frame_scores)
+    num_frames = features.get(NUM_FRAMES, tf.fill(shape[:1], shape[1]))
+    frame_fps = features.get(FRAME_FPS, tf.ones(shape[:1]))
+    feature_fps = features.get(FEATURE_FPS, frame_fps)
+    return frame_step_pooling.pool_frames_to_steps(frame_scores, num_frames, frame_fps,
+                                                   feature_fps, num_steps, tf.shape(x)[1])
+
+  def _an_proposals(self, features, x, num_steps):
+    scores = tf.stop_gradient(self.step_actionness(features, x, num_steps))
     segments, proposal_scores, num = actionness_grouping.actionness_proposals(
         scores, num_steps, max_proposals=self._max_proposals, **self._grouping)
     return segments, proposal_scores, num
@@ -324,7 +485,7 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
   def _phase_inputs(self, features, num_steps, phase):
     """Input proposals of `phase` ([B, P, 2], scores [B, P], num [B]) from earlier networks."""
     x, num_steps = self._inputs(features, num_steps)
-    segments, scores, num = self._an_proposals(x, num_steps)
+    segments, scores, num = self._an_proposals(features, x, num_steps)
     if phase == LOCALIZATION and self._use_refinement:
       _, _, refined = self._refine(x, num_steps, segments, training=False)
       segments = self._mask(refined, num)
@@ -346,6 +507,12 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
     if phase is not None and phase not in self.training_phases:
       raise ValueError(f"etp: unknown phase {phase!r}; expected one of "
                        f"{self.training_phases} or None")
+    if phase == ACTIONNESS and self._frames_stream:
+      # Trimmed clips: one step = one frame; logits per frame.
+      frames = features[self._frames_stream]
+      num_frames = tf.clip_by_value(tf.cast(num_steps, tf.int32), 0, tf.shape(frames)[1])
+      return {"num_steps": num_frames,
+              "actionness_logits": self._an.video_logits(frames, num_frames, training)}
     x, num_steps = self._inputs(features, num_steps)
     out = {"num_steps": num_steps}
     if phase == ACTIONNESS:
@@ -353,15 +520,15 @@ class EtpMetaArch(meta_arch.TemporalDetectionModel):
       return out
 
     if phase == REFINEMENT:
-      segments, scores, num = self._cached_or(features,
-                                              lambda: self._an_proposals(x, num_steps))
+      segments, scores, num = self._cached_or(
+          features, lambda: self._an_proposals(features, x, num_steps))
       codes, fitted, refined = self._refine(x, num_steps, segments, training)
       out.update(an_proposals=segments, an_scores=scores, num_proposals=num, rn_codes=codes,
                  rn_fitted=fitted, refined_proposals=self._mask(refined, num))
       return out
 
     def chain():
-      segments, scores, num = self._an_proposals(x, num_steps)
+      segments, scores, num = self._an_proposals(features, x, num_steps)
       if self._use_refinement:
         _, _, refined = self._refine(x, num_steps, segments, training=False)
         segments = self._mask(refined, num)

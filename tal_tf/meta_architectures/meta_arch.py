@@ -34,6 +34,7 @@ import re
 
 import tensorflow as tf
 
+from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
 
@@ -215,11 +216,23 @@ class TemporalDetectionModel(tf.Module, metaclass=abc.ABCMeta):
     return dict(nms_iou_threshold=0.5, max_detections=self.max_detections,
                 proposal_nms_iou_threshold=0.7, max_proposals=300)
 
+  def phase_stream_names(self, phase):
+    """Streams the training data of `phase` (None: the evaluation data) must provide
+    (default: all of stream_names; e.g. ETP's frame actionness phase reads only frames of
+    trimmed clips)."""
+    del phase
+    return self.stream_names
+
+  def evaluation_batches(self, dataset):
+    """The evaluation reader's batches -> the batches evaluation runs `predict` on (default:
+    unchanged; ETP with the frame AN adds its frame scores, made from another reader)."""
+    return dataset
+
   # ------------------------------------------------------------------ helpers
   def create_variables(self, stream_dims):
     """Runs a one-step dummy batch through `predict` so every weight exists (restores are
     then immediate and complete)."""
-    features = {s: tf.zeros([1, 1, int(stream_dims[s])]) for s in self.stream_names}
+    features = {s: stream_spec.dummy_input(stream_dims[s]) for s in self.stream_names}
     for phase in self.training_phases:
       self.predict(features, tf.ones([1], tf.int32), training=False, phase=phase)
 

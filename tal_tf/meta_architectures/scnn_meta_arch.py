@@ -18,6 +18,17 @@ predicted class by the class-specific frequency of the window's length among the
 positives (computed in `begin_phase` from the training data and stored in a variable, so it
 is checkpointed and exported), then NMS on that score.
 
+Window subsets (the C3D backbone): running C3D on every window of a video (hundreds) to
+train on a few dozen would cost most of a training step for nothing, so with
+`max_training_windows_per_video` > 0 training's `predict` defers the network and `loss`
+labels the windows, samples them with the phase's sampler (Sec. 3.2) and runs the phase's
+network on the sampled windows only (at most that many per video, a random subset when more
+are sampled). Inference runs the proposal network on every valid window and the scoring
+network only on the windows with P_pro >= the threshold (as the paper), in chunks of
+`inference_chunk` windows so memory stays bounded. The network must then offer
+`window_clips(frames, video_index, windows, num_steps)` and `classify(clips, training)`
+(tal_tf/models/c3d.py: C3dWindowClassifier).
+
 NMS: the paper only says NMS on P_loc with overlap threshold theta - 0.1 when evaluating at
 theta. Per class (default) or across classes is a switch. Per class is the default because
 the evaluation's "no redundant detections" rule is per class (a second detection of one
@@ -35,6 +46,7 @@ from tal_tf.core import background_sampler
 from tal_tf.core import losses as losses_lib
 from tal_tf.core import post_processing
 from tal_tf.core import segment_ops
+from tal_tf.core import stream_spec
 from tal_tf.core import window_labeling
 from tal_tf.core.standard_fields import DetectionFields
 from tal_tf.core.standard_fields import InputFields
@@ -72,6 +84,8 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
                length_prior_smoothing=0.0,
                trimmed_tolerance=1.0,
                pretrained_initializer=None,
+               max_training_windows_per_video=0,
+               inference_chunk=0,
                seed=None,
                name="scnn"):
     """Builds S-CNN.
@@ -100,6 +114,10 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
       trimmed_tolerance: steps of slack when recognizing a trimmed clip.
       pretrained_initializer: optional callable(network) loading pre-trained weights (C3D
         Sports-1M) into the proposal / classification networks when their phase starts.
+      max_training_windows_per_video: > 0: the window-subset mode of the module doc (the
+        network must offer window_clips / classify); 0: networks run on every window.
+      inference_chunk: window-subset mode: windows per network call at inference (0 = all
+        at once).
       seed: optional int making background sampling deterministic.
     """
     super().__init__(name=name)
@@ -141,6 +159,11 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
       raise ValueError(f"scnn: length_prior_smoothing must be >= 0, got {length_prior_smoothing}")
     self._trimmed_tolerance = float(trimmed_tolerance)
     self._pretrained_initializer = pretrained_initializer
+    self._max_training_windows = int(max_training_windows_per_video)
+    self._inference_chunk = int(inference_chunk)
+    if self._max_training_windows < 0 or self._inference_chunk < 0:
+      raise ValueError(f"scnn: max_training_windows_per_video and inference_chunk must be "
+                       f">= 0, got {max_training_windows_per_video}, {inference_chunk}")
     self._seed = seed
     num_lengths = len(anchor_generator.window_lengths)
     self._window_lengths_steps = tf.constant(
@@ -257,8 +280,21 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
     for s, t in zip(source, target):
       t.assign(s)
 
+  @property
+  def window_subsets(self):
+    """True when networks run on window subsets (the module doc's C3D mode)."""
+    return self._max_training_windows > 0
+
   def create_variables(self, stream_dims):
-    features = {s: tf.zeros([1, 1, int(stream_dims[s])]) for s in self.stream_names}
+    features = {s: stream_spec.dummy_input(stream_dims[s]) for s in self.stream_names}
+    if self.window_subsets:
+      # One clip of the stream's frame size builds each network.
+      x = self._window_input(features)
+      for network in self._networks.values():
+        clips = network.window_clips(x, tf.zeros([1], tf.int32), tf.constant([[0.0, 1.0]]),
+                                     tf.ones([1], tf.int32))
+        network.classify(clips, training=False)
+      return
     for phase in self._networks:
       self.predict(features, tf.ones([1], tf.int32), training=False, phase=phase)
 
@@ -268,7 +304,10 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
     if missing:
       raise KeyError(f"scnn: feature streams {missing} missing from the input; "
                      f"got {sorted(features)}")
-    maps = [tf.convert_to_tensor(features[s], tf.float32) for s in self._stream_names]
+    maps = [tf.convert_to_tensor(features[s]) for s in self._stream_names]
+    if len(maps) == 1 and maps[0].dtype == tf.uint8:
+      return maps[0]  # Frames: cast per clip, after gathering (a video's frames stay uint8).
+    maps = [tf.cast(m, tf.float32) for m in maps]
     return maps[0] if len(maps) == 1 else tf.concat(maps, axis=-1)
 
   def length_index(self, windows):
@@ -293,8 +332,81 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
       if name not in self._networks:
         raise ValueError(f"scnn: unknown phase {name!r}; expected one of "
                          f"{self.training_phases}")
+    if self.window_subsets:
+      if phase is not None:
+        # Deferred: `loss` samples the windows and runs the network on them.
+        out.update(window_input=x, num_steps=num_steps)
+        return out
+      return self._predict_kept_windows(out, x, num_steps)
+    for name in names:
+      if name not in self._networks:
+        raise ValueError(f"scnn: unknown phase {name!r}; expected one of "
+                         f"{self.training_phases}")
       out[f"{name}_logits"] = self._networks[name](x, windows, num_steps, training=training)
     return out
+
+  def _subset_logits(self, name, x, windows, num_steps, mask, training, chunk=0):
+    """Logits [B, W, outputs] of network `name` on the windows where mask [B, W] holds
+    (zeros elsewhere), computed for those windows only (in chunks of `chunk` when > 0)."""
+    network = self._networks[name]
+    where = tf.where(mask)                                                  # [M, 2] int64
+    count = tf.shape(where)[0]
+    # One dummy window more (its logits are sliced off below): a batch with no sampled
+    # window would otherwise run convolutions on an empty batch, which oneDNN's CPU kernels
+    # reject ("input and filter must have the same depth").
+    video = tf.concat([tf.cast(where[:, 0], tf.int32), [0]], 0)
+    selected = tf.concat([tf.gather_nd(windows, where), [[0.0, 1.0]]], 0)  # [M + 1, 2]
+
+    def run(video_part, window_part):
+      clips = network.window_clips(x, video_part, window_part, num_steps)
+      return network.classify(clips, training=training)
+
+    if chunk > 0:
+      padded = (count + chunk) // chunk * chunk  # >= count + 1
+      video_chunks = tf.reshape(tf.pad(video, [[0, padded - count - 1]]), [-1, chunk])
+      window_chunks = tf.reshape(tf.pad(selected, [[0, padded - count - 1], [0, 0]]),
+                                 [-1, chunk, 2])
+      logits = tf.map_fn(lambda c: run(c[0], c[1]), (video_chunks, window_chunks),
+                         fn_output_signature=tf.TensorSpec([chunk, network.num_outputs],
+                                                           tf.float32))
+      logits = tf.reshape(logits, [-1, network.num_outputs])[:count]
+    else:
+      logits = run(video, selected)[:count]
+    shape = tf.concat([tf.shape(mask, out_type=tf.int64),
+                       [network.num_outputs]], 0)
+    return tf.scatter_nd(where, logits, shape)
+
+  def _predict_kept_windows(self, out, x, num_steps):
+    """Inference in window-subset mode: the proposal network on every valid window, the
+    scoring network on the windows it keeps (P_pro >= threshold)."""
+    valid = out["sliding_valid"]
+    windows = out["windows"]
+    kept = valid
+    if self._use_proposal:
+      logits = self._subset_logits(PROPOSAL, x, windows, num_steps, valid, False,
+                                   self._inference_chunk)
+      out[f"{PROPOSAL}_logits"] = logits
+      kept = tf.logical_and(valid, tf.nn.softmax(logits)[..., 1] >= self._proposal_threshold)
+    out[f"{self._scoring}_logits"] = self._subset_logits(
+        self._scoring, x, windows, num_steps, kept, False, self._inference_chunk)
+    return out
+
+  def _cap_per_video(self, sampled, seed):
+    """Keeps at most max_training_windows_per_video of the sampled windows [B, W] of each
+    video (a uniformly random subset where more were sampled)."""
+    if seed is None:
+      priority = tf.random.uniform(tf.shape(sampled))
+    else:
+      priority = tf.random.stateless_uniform(tf.shape(sampled),
+                                             seed=tf.constant([int(seed), 3], tf.int64))
+    priority = tf.where(sampled, priority, -1.0)
+    k = tf.minimum(self._max_training_windows, tf.shape(sampled)[1])
+    top, index = tf.math.top_k(priority, k=k)
+    batch = tf.shape(sampled)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(index))
+    chosen = tf.scatter_nd(tf.stack([rows, index], -1), tf.cast(top >= 0.0, tf.int32),
+                           tf.shape(sampled))
+    return tf.logical_and(sampled, chosen > 0)
 
   # ------------------------------------------------------------------ losses
   def label_windows(self, windows, sliding_valid, groundtruth, num_steps):
@@ -314,20 +426,35 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
              else [n for n in NETWORKS if f"{n}_logits" in predictions])
     out = {}
     for name in names:
-      if f"{name}_logits" not in predictions:
+      if f"{name}_logits" in predictions:
+        out.update(self._network_loss(name, predictions[f"{name}_logits"], labels))
+      elif "window_input" in predictions:
+        # Window-subset mode: sample first, then run the network on the sample only.
+        sampled = self._cap_per_video(self._sample(name, labels), self._sample_seed(name))
+        logits = self._subset_logits(name, predictions["window_input"], windows,
+                                     predictions["num_steps"], sampled, training=True)
+        out.update(self._network_loss(name, logits, labels, sampled))
+      else:
         raise ValueError(f"scnn.loss: predictions lack {name}_logits (predict with "
                          f"phase={name!r})")
-      out.update(self._network_loss(name, predictions[f"{name}_logits"], labels))
     out["total_loss"] = tf.add_n([out[f"{n}_loss"] for n in names])
     return out
 
-  def _network_loss(self, name, logits, labels):
+  def _sample_seed(self, name):
+    return None if self._seed is None else self._seed + NETWORKS.index(name)
+
+  def _sample(self, name, labels):
+    """The phase's mini-batch (Sec. 3.2): bool [B, W]."""
+    window_labels = labels["labels"]
+    return self._samplers[name].subsample(window_labels > 0, tf.equal(window_labels, 0),
+                                          seed=self._sample_seed(name))
+
+  def _network_loss(self, name, logits, labels, sampled=None):
     window_labels = labels["labels"]
     positive = window_labels > 0
-    background = tf.equal(window_labels, 0)
-    seed = None if self._seed is None else self._seed + NETWORKS.index(name)
-    sampled = tf.cast(self._samplers[name].subsample(positive, background, seed=seed),
-                      tf.float32)
+    if sampled is None:
+      sampled = self._sample(name, labels)
+    sampled = tf.cast(sampled, tf.float32)
     targets = tf.maximum(window_labels, 0)
     if name == PROPOSAL:
       targets = tf.cast(positive, tf.int32)

@@ -9,10 +9,15 @@ original C3D (pool5 turns 7x7 into 4x4: 112x112 inputs give fc6 an input of 1x4x
 8192). Dropout (0.5 in C3D) follows fc6 and fc7. Channel widths scale with
 `width_multiplier` (1.0 = C3D's) so tests run small.
 
-Input: clips [M, 16, crop, crop, 3] float32 (C3D trains on 112x112 crops of 171x128 frames;
-S-CNN's "171 x 128 x 16" segment is that frame size, so the window classifier centre-crops
-frames to `crop_size`), minus `input_mean` (a per-channel [3] variable, 0 until pre-trained
-weights set it).
+Input: clips [M, 16, crop, crop, 3] (uint8 or float pixels 0..255, RGB) minus `input_mean`
+(a per-channel [3] variable: C3D's per-channel Sports-1M mean until pre-trained weights set
+theirs). Sizes: S-CNN's input is "171 x 128 x 16", the frame size of C3D, which trains on
+112x112 crops of it; we do the same by default (frame records written at 171x128, e.g.
+create_frame_records --size=171x128, and `crop_size` 112): the window classifier takes a
+random crop_size crop in training (one position per batch) and the centre crop otherwise.
+Both sizes are configurable (the reader's frame_height / frame_width, the model's
+c3d.crop_size); frames smaller than the crop are used whole (fc6's input shrinks with
+them, so pre-trained weights need 112).
 
 Pre-trained weights file (`load_c3d_weights`): a NumPy .npz of plain arrays,
   conv1a/kernel [3, 3, 3, 3, 64]    conv1a/bias [64]    (kernel: depth, height, width, in, out)
@@ -34,6 +39,8 @@ from tal_tf.models import layer_config
 CONV_LAYERS = (("conv1a", 64), ("conv2a", 128), ("conv3a", 256), ("conv3b", 256),
                ("conv4a", 512), ("conv4b", 512), ("conv5a", 512), ("conv5b", 512))
 POOL_AFTER = {"conv1a": 1, "conv2a": 2, "conv3b": 2, "conv4b": 2, "conv5b": 2}
+# Per-channel average (RGB, 0..255) of C3D's Sports-1M mean volume.
+C3D_MEAN_RGB = (101.4, 97.7, 90.2)
 CAFFE_NAMES = {"conv1a": "conv1", "conv2a": "conv2"}
 
 
@@ -71,7 +78,8 @@ class C3d(tf_keras.layers.Layer):
     self.fc8 = tf_keras.layers.Dense(self.num_outputs, kernel_initializer=init(), name="fc8")
     self.dropout6 = tf_keras.layers.Dropout(self.dropout_rate, name="dropout6")
     self.dropout7 = tf_keras.layers.Dropout(self.dropout_rate, name="dropout7")
-    self.input_mean = tf.Variable(tf.zeros([3]), trainable=False, name="input_mean")
+    self.input_mean = tf.Variable(tf.constant(C3D_MEAN_RGB, tf.float32), trainable=False,
+                                  name="input_mean")
 
   def call(self, clips, training=False):
     x = tf.cast(clips, tf.float32) - self.input_mean
@@ -141,17 +149,24 @@ def convert_caffe_layout(arrays, pool5_shape=(1, 4, 4)):
   return out
 
 
+def window_frame_indices(windows, num_frames, num_samples=16):
+  """Frame indices [..., S] sampling windows [..., 2] (frames) uniformly: frame
+  floor(s + (i + 0.5)(e - s) / S), clipped to [0, num_frames - 1] (num_frames broadcast to
+  windows[..., 0])."""
+  windows = tf.cast(windows, tf.float32)
+  last = tf.maximum(tf.cast(num_frames, tf.int32) - 1, 0)[..., tf.newaxis]
+  bins = (tf.range(num_samples, dtype=tf.float32) + 0.5) / float(num_samples)
+  pos = windows[..., :1] + bins * (windows[..., 1:] - windows[..., :1])
+  return tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, last)
+
+
 def sample_window_frames(frames, windows, num_frames, num_samples=16):
   """Frames [B, F, H, W, C] -> window clips [B, N, S, H, W, C] for windows [B, N, 2] (frames).
 
-  Each window is sampled uniformly: frame floor(s + (i + 0.5)(e - s) / S), clipped to the
-  video's valid frames.
+  Each window is sampled uniformly (`window_frame_indices`).
   """
-  windows = tf.cast(windows, tf.float32)
-  last = tf.maximum(tf.cast(num_frames, tf.int32) - 1, 0)[:, tf.newaxis, tf.newaxis]
-  bins = (tf.range(num_samples, dtype=tf.float32) + 0.5) / float(num_samples)
-  pos = windows[..., :1] + bins * (windows[..., 1:] - windows[..., :1])
-  index = tf.clip_by_value(tf.cast(tf.floor(pos), tf.int32), 0, last)     # [B, N, S]
+  num_frames = tf.cast(num_frames, tf.int32)[:, tf.newaxis]
+  index = window_frame_indices(windows, num_frames, num_samples)          # [B, N, S]
   batch = tf.shape(index)[0]
   clips = tf.gather(frames, tf.reshape(index, [batch, -1]), batch_dims=1)
   return tf.reshape(clips, tf.concat([tf.shape(index), tf.shape(frames)[2:]], 0))
@@ -171,16 +186,47 @@ class C3dWindowClassifier(tf_keras.layers.Layer):
     self.c3d = C3d(num_outputs, fc_units=fc_units, width_multiplier=width_multiplier,
                    dropout_rate=dropout_rate, name="c3d")
 
+  @property
+  def num_outputs(self):
+    return self.c3d.num_outputs
+
   def call(self, frames, windows, num_steps, training=False):
+    """Logits [B, N, outputs] of every window [B, N, 2] (frames)."""
     frames = tf.convert_to_tensor(frames)
     pad = tf.maximum(1 - tf.shape(frames)[1], 0)
     frames = tf.pad(frames, [[0, 0], [0, pad], [0, 0], [0, 0], [0, 0]])
     clips = sample_window_frames(frames, windows, num_steps, self.num_frames)
     shape = tf.shape(clips)
-    h, w = shape[3], shape[4]
-    top = tf.maximum((h - self.crop_size) // 2, 0)
-    left = tf.maximum((w - self.crop_size) // 2, 0)
-    clips = clips[:, :, :, top:top + self.crop_size, left:left + self.crop_size, :]
-    flat = tf.reshape(clips, [-1, self.num_frames, self.crop_size, self.crop_size, 3])
-    logits = self.c3d(flat, training=training)
+    flat = tf.reshape(clips, tf.concat([[-1], shape[2:]], 0))
+    logits = self.classify(flat, training=training)
     return tf.reshape(logits, [shape[0], shape[1], self.c3d.num_outputs])
+
+  def window_clips(self, frames, video_index, windows, num_steps):
+    """Clips [M, S, H, W, 3] (frames' dtype) of M windows [M, 2] (frames) of the videos
+    video_index [M] (int32) of a padded batch frames [B, F, H, W, 3] with valid lengths
+    num_steps [B]: only these windows' frames are gathered."""
+    frames = tf.convert_to_tensor(frames)
+    video_index = tf.cast(video_index, tf.int32)
+    lengths = tf.gather(tf.cast(num_steps, tf.int32), video_index)
+    index = window_frame_indices(windows, lengths, self.num_frames)            # [M, S]
+    rows = tf.broadcast_to(video_index[:, tf.newaxis], tf.shape(index))
+    return tf.gather_nd(frames, tf.stack([rows, index], axis=-1))
+
+  def classify(self, clips, training=False):
+    """Clips [M, S, H, W, 3] -> logits [M, outputs]: crop_size crop (random position per
+    call in training, centre otherwise; whole frames when smaller), then C3D."""
+    shape = tf.shape(clips)
+    h, w = shape[2], shape[3]
+    size_h = tf.minimum(h, self.crop_size)
+    size_w = tf.minimum(w, self.crop_size)
+    if training:
+      top = tf.random.uniform([], 0, h - size_h + 1, dtype=tf.int32)
+      left = tf.random.uniform([], 0, w - size_w + 1, dtype=tf.int32)
+    else:
+      top, left = (h - size_h) // 2, (w - size_w) // 2
+    clips = clips[:, :, top:top + self.crop_size, left:left + self.crop_size, :]
+    static = clips.shape.as_list()
+    crop = [min(d, self.crop_size) if d is not None else self.crop_size
+            for d in static[2:4]]
+    clips = tf.ensure_shape(clips, [None, self.num_frames] + crop + [3])
+    return self.c3d(clips, training=training)

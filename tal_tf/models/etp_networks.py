@@ -2,6 +2,8 @@
 
   ActionnessHead      per-step class scores S_1..S_K from per-step features (the `features`
                       variant of the Actionness Network)
+  FrameActionnessNetwork  per-frame class scores S_1..S_K from RGB frames: Model Garden
+                      ResNet (the paper's ResNet-34) + FC (the paper's Actionness Network)
   RefinementNetwork   2-layer BiGRU over a proposal's unit features + FC regressing Eq. 4's
                       (center, span) codes
   NonLocalBlock       Eq. 5 with the dot-product similarity, added with a residual connection
@@ -10,6 +12,8 @@
 """
 import tensorflow as tf
 import tf_keras
+
+from tal_tf.video import feature_extraction
 
 
 def _positive_int(name, value):
@@ -52,6 +56,139 @@ class ActionnessHead(tf_keras.layers.Layer):
     config = super().get_config()
     config.update(num_classes=self.num_classes, hidden_units=self.hidden_units,
                   kernel_size=self.kernel_size, dropout_rate=self.dropout_rate)
+    return config
+
+
+class FrameActionnessNetwork(tf_keras.layers.Layer):
+  """RGB frames [N, H, W, 3] (uint8 or float 0..255) -> class logits [N, K]; S_k is the
+  sigmoid of logit k.
+
+  The paper's Actionness Network (Sec. 3.1, 4.2): an image classifier, ResNet-34 pretrained
+  on ImageNet then fine-tuned on trimmed action clips (UCF101 for THUMOS14), applied to
+  every frame. Here: Model Garden's ResNet (`model_id`, `depth_multiplier`), global average
+  pooling of its last level, dropout, one FC layer with K outputs.
+
+  Sigmoid, not softmax: Algorithm 1 adds the curve S_{K+1} = (1/K) sum_k S_k and thresholds
+  every curve with the same t. Under a softmax over the K action classes that average is the
+  constant 1/K (the scores of a frame sum to 1), so the paper's extra curve would carry
+  nothing; independent per-class probabilities ("class-specific actionness", each a binary
+  "is this frame action k" score, the class-specific counterpart of TAG's binary actionness
+  the paper starts from) keep S_{K+1} a generic actionness curve and t comparable across
+  classes. Fine-tuning therefore minimizes per-class sigmoid cross-entropy with the clip's
+  class as the only positive.
+
+  Input handling (inside the network, so training and the exported graph agree): pixels are
+  normalized with the ImageNet mean / std (the pretrained weights' convention, as the
+  feature extractor's GardenResNet). Training: a `crop_size` crop at a uniformly random
+  position of each frame and a horizontal flip with probability 1/2 (the paper's random
+  crop and flip). Inference: the center crop. Frames smaller than the crop are first resized
+  (aspect ratio kept) to cover it.
+  """
+
+  def __init__(self, num_classes, model_id=34, depth_multiplier=1.0, crop_size=(224, 224),
+               dropout_rate=0.0, frames_per_call=64, **kwargs):
+    super().__init__(**kwargs)
+    _positive_int("FrameActionnessNetwork num_classes", num_classes)
+    crop_size = tuple(int(c) for c in crop_size)
+    if len(crop_size) != 2 or min(crop_size) < 1:
+      raise ValueError(f"FrameActionnessNetwork crop_size must be (height, width) >= 1, got "
+                       f"{crop_size!r}")
+    if frames_per_call < 0:
+      raise ValueError(f"FrameActionnessNetwork frames_per_call must be >= 0, got "
+                       f"{frames_per_call!r}")
+    self.num_classes, self.model_id = num_classes, int(model_id)
+    self.depth_multiplier, self.crop_size = float(depth_multiplier), crop_size
+    self.dropout_rate, self.frames_per_call = float(dropout_rate), int(frames_per_call)
+    self.backbone = feature_extraction.build_garden_resnet(self.model_id, self.depth_multiplier)
+    self._top = feature_extraction.top_level(self.backbone)
+    self.dropout = tf_keras.layers.Dropout(self.dropout_rate)
+    self.classifier = tf_keras.layers.Dense(num_classes, name="classifier")
+    self._mean = tf.constant(feature_extraction.IMAGENET_MEAN_RGB, tf.float32)
+    self._std = tf.constant(feature_extraction.IMAGENET_STD_RGB, tf.float32)
+
+  def build(self, input_shape):
+    # Variables are created by a call on a crop-sized dummy frame (Keras would otherwise
+    # build the backbone lazily inside a tf.function or a map_fn).
+    if not self.backbone.built or not self.classifier.built:
+      self._classify(tf.zeros((1,) + self.crop_size + (3,)), training=False)
+    super().build(input_shape)
+
+  def crop(self, frames, training):
+    """Frames [N, H, W, 3] -> float32 [N, crop_h, crop_w, 3] (random crop + flip when
+    training, center crop otherwise; small frames resized up first)."""
+    frames = tf.cast(frames, tf.float32)
+    crop_h, crop_w = self.crop_size
+    shape = tf.shape(frames)
+    n, height, width = shape[0], shape[1], shape[2]
+
+    def resized():
+      scale = tf.maximum(crop_h / tf.cast(height, tf.float32), crop_w / tf.cast(width,
+                                                                                tf.float32))
+      size = tf.maximum(tf.cast(tf.math.ceil(tf.cast(tf.stack([height, width]), tf.float32) *
+                                             scale), tf.int32), [crop_h, crop_w])
+      return tf.image.resize(frames, size)
+
+    frames = tf.cond((height < crop_h) | (width < crop_w), resized, lambda: frames)
+    shape = tf.shape(frames)
+    height, width = shape[1], shape[2]
+    if training:
+      top = tf.random.uniform([n], 0, height - crop_h + 1, tf.int32)
+      left = tf.random.uniform([n], 0, width - crop_w + 1, tf.int32)
+      flip = tf.random.uniform([n]) < 0.5
+    else:
+      top = tf.fill([n], (height - crop_h) // 2)
+      left = tf.fill([n], (width - crop_w) // 2)
+      flip = tf.zeros([n], tf.bool)
+    rows = top[:, None] + tf.range(crop_h)[None, :]                      # [N, crop_h]
+    cols = left[:, None] + tf.range(crop_w)[None, :]                     # [N, crop_w]
+    # A flip reads the crop's columns right to left.
+    cols = tf.where(flip[:, None], tf.reverse(cols, axis=[1]), cols)
+    out = tf.gather(frames, rows, axis=1, batch_dims=1)                  # [N, crop_h, W, 3]
+    out = tf.gather(out, cols, axis=2, batch_dims=1)                     # [N, crop_h, crop_w, 3]
+    return tf.ensure_shape(out, [None, crop_h, crop_w, 3])
+
+  def _classify(self, crops, training):
+    x = (crops - self._mean) / self._std
+    pooled = tf.reduce_mean(self.backbone(x, training=training)[self._top], axis=[1, 2])
+    return self.classifier(self.dropout(pooled, training=training))
+
+  def call(self, frames, training=False):
+    """Frames [N, H, W, 3] -> logits [N, K]. At inference frames go through the backbone
+    `frames_per_call` at a time (0 = all at once), bounding memory on long videos."""
+    crops = self.crop(frames, training)
+    chunk = self.frames_per_call
+    if training or not chunk:
+      return self._classify(crops, training)
+    n = tf.shape(crops)[0]
+    padded = tf.pad(crops, [[0, (-n) % chunk], [0, 0], [0, 0], [0, 0]])
+    chunks = tf.reshape(padded, [-1, chunk] + list(self.crop_size) + [3])
+    logits = tf.map_fn(lambda c: self._classify(c, False), chunks,
+                       fn_output_signature=tf.TensorSpec([chunk, self.num_classes],
+                                                         tf.float32))
+    return tf.reshape(logits, [-1, self.num_classes])[:n]
+
+  def video_logits(self, frames, num_frames, training=False):
+    """Frames [B, F, H, W, 3] with num_frames [B] valid -> logits [B, F, K] (0 at padded
+    frames, which never reach the backbone: they would also skew batch-norm statistics)."""
+    shape = tf.shape(frames)
+    batch, count = shape[0], shape[1]
+    valid = tf.sequence_mask(tf.cast(num_frames, tf.int32), count)
+    index = tf.where(valid)                                              # [N, 2]
+    logits = self(tf.gather_nd(frames, index), training=training)
+    return tf.scatter_nd(index, logits,
+                         tf.cast(tf.stack([batch, count, self.num_classes]), tf.int64))
+
+  def restore_pretrained(self, checkpoint):
+    """Loads the backbone's ImageNet weights from a local checkpoint (see
+    feature_extraction.restore_backbone for the layouts); returns the layout found."""
+    self.build(None)
+    return feature_extraction.restore_backbone(self.backbone, checkpoint)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes, model_id=self.model_id,
+                  depth_multiplier=self.depth_multiplier, crop_size=self.crop_size,
+                  dropout_rate=self.dropout_rate, frames_per_call=self.frames_per_call)
     return config
 
 

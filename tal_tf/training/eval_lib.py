@@ -68,7 +68,10 @@ class DetectionCollector:
     for b in range(len(ids)):
       vid = _decode_id(ids[b])
       if vid in self.groundtruth:
-        raise ValueError(f"video {vid!r} appears twice in the eval input")
+        raise ValueError(
+            f"video {vid!r} appears twice in the eval input (frame records of a long video "
+            f"are split at create_frame_records --max_frames_per_record; evaluation needs "
+            f"one record per video)")
       g = int(batch[InputFields.num_segments][b])
       self.durations[vid] = float(batch[InputFields.duration][b])
       self.groundtruth[vid] = {
@@ -241,7 +244,8 @@ def evaluate_dataset(model, eval_config, dataset, class_names):
   thetas = [round(float(t), 6) for t in evaluator.tiou_thresholds]
   by_theta, variants = postprocess_variants(model, thetas,
                                             eval_config.per_threshold_postprocessing)
-  collector = collect(model, dataset, class_names,
+  # The model may add to the reader's batches (ETP's frame AN: scores from frame records).
+  collector = collect(model, model.evaluation_batches(dataset), class_names,
                       eval_config.max_detections_per_video or 200,
                       eval_config.max_videos,
                       num_activation_videos=eval_config.num_visualizations,

@@ -113,9 +113,12 @@ def _format_eta(seconds):
 class _Phase:
   """One training phase made concrete: its step range, optimizer and variables."""
 
-  def __init__(self, spec, index, start_step, model):
+  def __init__(self, spec, index, start_step, model, default_reader):
     self.spec = spec
     self.name = spec.name
+    # The phase's own data (train_config.phases[i].input_reader) or the train reader.
+    self.own_reader = spec.input_reader is not None
+    self.reader = spec.input_reader if self.own_reader else default_reader
     self.index = index
     self.start = int(start_step)
     self.end = self.start + int(spec.num_steps)
@@ -189,9 +192,13 @@ class Trainer:
       tf_keras.utils.set_random_seed(train_config.seed)
     with self.strategy.scope():
       self.model = model_builder.build(config.model)
-      config_util.check_model_streams(config, self.model.stream_names)
+      config_util.check_model_streams(config, self.model.stream_names,
+                                      phase_streams=config_util.phase_streams(self.model))
       # Before any graph: class count vs label map, streams and dims vs the records.
-      config_util.check_config_against_data(config, self.model.num_classes)
+      config_util.check_config_against_data(
+          config, self.model.num_classes,
+          reader_names=[name for name, _ in config_util.input_readers(config)
+                        if name != "eval_input_reader"])
       specs, self.num_train_steps = train_phase_builder.build(
           train_config, self.model.training_phases, num_train_steps)
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -202,11 +209,11 @@ class Trainer:
       self.phases = []
       start = 0
       for i, spec in enumerate(specs):
-        phase = _Phase(spec, i, start, self.model)
+        phase = _Phase(spec, i, start, self.model, config.train_input_reader)
         phase.optimizer.build(phase.variables)
         self.phases.append(phase)
         start = phase.end
-    self._train_iterator = None
+    self._train_iterators = {}
     self._train_fns = {}
     self._checkpoint = None
     self._manager = None
@@ -235,29 +242,43 @@ class Trainer:
       self.model.create_variables(dims)
 
   def stream_dims(self):
-    """{stream: dim} the model reads, from the training input reader."""
-    reader = self.config.train_input_reader
-    dims = config_util.stream_dims(reader) if reader.streams else {}
+    """{stream: spec} the model reads, from the training input readers (the train reader's,
+    then those only the phases' own readers declare, e.g. frames of trimmed clips)."""
+    dims = {}
+    for name, reader in config_util.input_readers(self.config):
+      if name != "eval_input_reader":
+        for stream, spec in config_util.stream_dims(reader).items():
+          dims.setdefault(stream, spec)
     missing = [s for s in self.model.stream_names if s not in dims]
     if dims and missing:
-      raise ValueError(f"train_input_reader.streams lacks the model's streams {missing} "
+      raise ValueError(f"the training input readers lack the model's streams {missing} "
                        f"(declared: {sorted(dims)})")
     return {s: dims[s] for s in self.model.stream_names if s in dims}
 
   # ---------------------------------------------------------------- data + checkpoints
-  def _dataset_fn(self, input_context=None):
+  def _dataset_fn(self, input_context=None, phase=None):
+    """Training batches of `phase`'s reader (default: the first phase's)."""
+    phase = phase or self.phases[0]
     seed = self.config.train_config.seed or None
-    start = int(self.input_position.numpy()) if self.resumable_order else None
+    start = None
+    if self.resumable_order and phase.own_reader:
+      # A phase's own data is read by that phase alone: its position follows its steps.
+      done = max(int(self.global_step.numpy()) - phase.start, 0)
+      start = done * int(phase.reader.batch_size)
+    elif self.resumable_order:
+      start = int(self.input_position.numpy())
     return input_reader_builder.build(
-        self.config.train_input_reader, num_classes=self.model.num_classes,
+        phase.reader, num_classes=self.model.num_classes,
         is_training=True, input_context=input_context, seed=seed,
         fields=self.model.input_fields, start_position=start, log_fn=logging.info)
 
-  def phase_dataset(self, is_training, repeat):
-    """Padded batches of the training records (for `begin_phase`): shuffled + cropped when
-    is_training, whole videos in file order otherwise; read once unless `repeat`."""
-    reader = type(self.config.train_input_reader)()
-    reader.CopyFrom(self.config.train_input_reader)
+  def phase_dataset(self, is_training, repeat, phase=None):
+    """Padded batches of `phase`'s training records (default: the train reader's; for
+    `begin_phase`): shuffled + cropped when is_training, whole videos in file order
+    otherwise; read once unless `repeat`."""
+    source = phase.reader if phase is not None else self.config.train_input_reader
+    reader = type(source)()
+    reader.CopyFrom(source)
     reader.repeat = bool(repeat)
     if not is_training:
       reader.shuffle = False
@@ -266,13 +287,22 @@ class Trainer:
         seed=self.config.train_config.seed or None,
         batch_size=None if is_training else 1)
 
-  def train_iterator(self):
-    """The (distributed) training iterator, created once (after a restore: the resumable
-    order starts at the restored position)."""
-    if self._train_iterator is None:
-      dataset = self.strategy.distribute_datasets_from_function(self._dataset_fn)
-      self._train_iterator = iter(dataset)
-    return self._train_iterator
+  @staticmethod
+  def _iterator_key(phase):
+    """Phases reading the train reader share one iterator; a phase's own reader has its
+    own (checkpointed as train_iterator[_<phase>])."""
+    return f"train_iterator_{phase.name}" if phase.own_reader else "train_iterator"
+
+  def train_iterator(self, phase=None):
+    """The (distributed) training iterator of `phase` (default: the first), created once
+    (after a restore: the resumable order starts at the restored position)."""
+    phase = phase or self.phases[0]
+    key = self._iterator_key(phase)
+    if key not in self._train_iterators:
+      dataset = self.strategy.distribute_datasets_from_function(
+          lambda input_context: self._dataset_fn(input_context, phase))
+      self._train_iterators[key] = iter(dataset)
+    return self._train_iterators[key]
 
   def checkpoint_manager(self, with_input=True):
     """CheckpointManager over model, global step, each phase's optimizer and (optionally)
@@ -285,9 +315,9 @@ class Trainer:
           self.resumable_order):
         items["input_position"] = self.input_position
       elif with_input and self.config.train_config.checkpoint_input_position:
-        iterator = self.train_iterator()
-        if isinstance(iterator, tf.__internal__.tracking.Trackable):
-          items["train_iterator"] = iterator
+        iterators = {self._iterator_key(p): self.train_iterator(p) for p in self.phases}
+        if all(isinstance(i, tf.__internal__.tracking.Trackable) for i in iterators.values()):
+          items.update(iterators)
         else:
           # Multi-replica distributed iterators cannot be saved in TF 2.17: a resumed run
           # keeps model and optimizer state but restarts the data order.
@@ -371,7 +401,9 @@ class Trainer:
     if phase.name in self._train_fns:
       return self._train_fns[phase.name]
     strategy = self.strategy
-    global_batch = tf.constant(self.config.train_input_reader.batch_size, tf.int64)
+    # input_position counts the train reader's records; a phase's own reader resumes from
+    # its phase-local step instead.
+    global_batch = tf.constant(0 if phase.own_reader else phase.reader.batch_size, tf.int64)
 
     def one_step(iterator):
       per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
@@ -395,7 +427,7 @@ class Trainer:
 
   def _begin_phase(self, phase, step):
     context = meta_arch.TrainingContext(
-        dataset_fn=self.phase_dataset,
+        dataset_fn=lambda is_training, repeat: self.phase_dataset(is_training, repeat, phase),
         cache_dir=os.path.join(self.model_dir, "phase_cache", phase.name),
         phase_start_step=phase.start, fresh=(step == phase.start), strategy=self.strategy,
         stream_dims=self.stream_dims())
@@ -443,7 +475,6 @@ class Trainer:
       self._remove_write_dir()  # Left by a killed run.
     self.checkpoint_manager()
     self.restore()
-    iterator = self.train_iterator()
     if self.is_chief:
       writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
     else:
@@ -472,7 +503,7 @@ class Trainer:
       # summaries and logs land exactly on their steps.
       next_stop = min([target, phase.end] + [(step // i + 1) * i for i in intervals])
       n = next_stop - step
-      losses = self._train_fn(phase)(iterator, tf.constant(n, tf.int32))
+      losses = self._train_fn(phase)(self.train_iterator(phase), tf.constant(n, tf.int32))
       losses = {k: float(v.numpy()) for k, v in losses.items()}
       step = int(self.global_step.numpy())
       if after_loop_fn is not None:

@@ -11,6 +11,7 @@ import tensorflow as tf
 from google.protobuf import descriptor
 from google.protobuf import text_format
 
+from tal_tf.core import stream_spec
 from tal_tf.protos import pipeline_pb2
 from tal_tf.protos import validation_pb2
 
@@ -239,8 +240,14 @@ def validate_input_reader(reader, source, name):
   seen = set()
   for i, stream in enumerate(reader.streams):
     _require(stream.name, source, f"{name}.streams[{i}].name", "is required")
-    _require(stream.dim > 0, source, f"{name}.streams[{i}].dim",
-             f"must be > 0, got {stream.dim}")
+    if stream.type == stream.FRAMES:
+      for field in ("frame_height", "frame_width"):
+        _require(getattr(stream, field) > 0, source, f"{name}.streams[{i}].{field}",
+                 f"a FRAMES stream needs the records' frame size, got "
+                 f"{getattr(stream, field)}")
+    else:
+      _require(stream.dim > 0, source, f"{name}.streams[{i}].dim",
+               f"must be > 0, got {stream.dim}")
     _require(stream.name not in seen, source, f"{name}.streams[{i}].name",
              f"duplicate stream {stream.name!r}")
     seen.add(stream.name)
@@ -256,9 +263,8 @@ def validate_pipeline_config(config, source="<config>"):
   check_numeric_fields(config, source)
   _require(config.HasField("model") and config.model.WhichOneof("model"), source, "model",
            "a model (e.g. tal_net { ... }) is required")
-  for name in ("train_input_reader", "eval_input_reader"):
-    if config.HasField(name):
-      validate_input_reader(getattr(config, name), source, name)
+  for name, reader in input_readers(config):
+    validate_input_reader(reader, source, name)
   # Model-specific fields are checked by the model's own builder: build the model (layers
   # only, no weights yet: cheap) and check the streams it declares against the readers.
   from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
@@ -268,17 +274,49 @@ def validate_pipeline_config(config, source="<config>"):
   except (ValueError, KeyError, NotImplementedError) as e:
     message = str(e.args[0]) if e.args else str(e)
     raise ConfigError(f"{source}: model.{arch}: {message}") from None
-  check_model_streams(config, model.stream_names, source)
+  check_model_streams(config, model.stream_names, source, phase_streams(model))
   return config
 
 
-def check_model_streams(config, stream_names, source="<config>"):
-  """Checks every declared input reader provides the streams a built model reads."""
-  for name in ("train_input_reader", "eval_input_reader"):
-    if not config.HasField(name):
-      continue
-    available = [s.name for s in getattr(config, name).streams]
-    for stream in stream_names:
+def phase_streams(model):
+  """{training phase (None: evaluation): streams its data must provide} of a built model."""
+  out = {phase: tuple(model.phase_stream_names(phase)) for phase in model.training_phases}
+  out[None] = tuple(model.phase_stream_names(None))
+  return out
+
+
+def input_readers(config):
+  """[(field path, InputReader)] of every reader a config declares: train and eval readers
+  and the per-phase readers of train_config.phases."""
+  out = [(name, getattr(config, name)) for name in ("train_input_reader", "eval_input_reader")
+         if config.HasField(name)]
+  for i, phase in enumerate(config.train_config.phases):
+    if phase.HasField("input_reader"):
+      out.append((f"train_config.phases[{i}].input_reader", phase.input_reader))
+  return out
+
+
+def check_model_streams(config, stream_names, source="<config>", phase_streams=None):
+  """Checks every declared input reader provides the streams a built model reads.
+
+  phase_streams: {phase: streams} (model.phase_stream_names) for models whose phases read
+  different streams: a phase's own reader must provide its phase's streams, the train
+  reader those of the phases that read it; the eval reader those of phase None (default
+  all stream_names)."""
+  needed = {}
+  if phase_streams is not None:
+    phase_streams = dict(phase_streams)
+    needed["eval_input_reader"] = list(phase_streams.pop(None, stream_names))
+    own = {}
+    for i, phase in enumerate(config.train_config.phases):
+      if phase.HasField("input_reader"):
+        own[phase.name] = f"train_config.phases[{i}].input_reader"
+        needed[own[phase.name]] = list(phase_streams.get(phase.name, stream_names))
+    needed["train_input_reader"] = [s for phase, names in phase_streams.items()
+                                    if phase not in own for s in names]
+  for name, reader in input_readers(config):
+    available = [s.name for s in reader.streams]
+    for stream in needed.get(name, stream_names):
       _require(stream in available, source, f"{name}.streams",
                f"the model reads stream {stream!r}, which is not declared here (declared: "
                f"{available})")
@@ -293,10 +331,11 @@ def check_config_against_data(config, num_classes, reader_names=("train_input_re
   """
   from tal_tf.data import data_checks  # pylint: disable=g-import-not-at-top
   arch = config.model.WhichOneof("model")
+  readers = dict(input_readers(config))
   for name in reader_names:
-    if not config.HasField(name):
+    if name not in readers:
       continue
-    reader = getattr(config, name)
+    reader = readers[name]
     if reader.label_map_path:
       data_checks.check_label_map(reader.label_map_path, int(num_classes),
                                   field=f"{name}.label_map_path",
@@ -321,5 +360,7 @@ def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):
 
 
 def stream_dims(reader):
-  """{stream name: dim} of an input reader, in declaration order."""
-  return {s.name: s.dim for s in reader.streams}
+  """{stream name: spec} of an input reader, in declaration order: the feature dim (int) or,
+  for a FRAMES stream, a stream_spec.FrameStream(height, width)."""
+  return {s.name: (stream_spec.FrameStream(s.frame_height, s.frame_width, s.frame_rate)
+                   if s.type == s.FRAMES else s.dim) for s in reader.streams}

@@ -57,22 +57,15 @@ class GardenResNet:
                seed=0, mean_rgb=IMAGENET_MEAN_RGB, std_rgb=IMAGENET_STD_RGB):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tf_keras  # pylint: disable=g-import-not-at-top
-    from official.vision.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
-    if not checkpoint and not random_init:
-      raise ValueError("GardenResNet needs weights: give a checkpoint (see the README for "
-                       "where to get one) or random_init=True for tests")
-    if checkpoint and random_init:
-      raise ValueError("give a checkpoint or random_init, not both")
+    check_weights_source(checkpoint, random_init, "GardenResNet")
     tf_keras.utils.set_random_seed(int(seed))
-    self.model = resnet.ResNet(model_id=int(model_id), depth_multiplier=float(depth_multiplier),
-                               input_specs=tf_keras.layers.InputSpec(shape=[None, None, None,
-                                                                            3]))
+    self.model = build_garden_resnet(model_id, depth_multiplier)
     self.model(tf.zeros([1, 64, 64, 3]), training=False)  # Creates the variables.
     if checkpoint:
       restore_backbone(self.model, checkpoint)
     self._mean = tf.constant(mean_rgb, tf.float32)
     self._std = tf.constant(std_rgb, tf.float32)
-    top = str(max(int(k) for k in self.model.output_specs))
+    top = top_level(self.model)
     self.dim = int(self.model.output_specs[top][-1])
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
@@ -84,6 +77,31 @@ class GardenResNet:
 
   def __call__(self, frames):
     return self._embed(np.asarray(frames, np.uint8)).numpy()
+
+
+def check_weights_source(checkpoint, random_init, what):
+  """Raises ValueError unless exactly one of a checkpoint and random_init is given: a
+  pretrained backbone must not silently start from random weights."""
+  if not checkpoint and not random_init:
+    raise ValueError(f"{what} needs weights: give a checkpoint (see the README for where to "
+                     "get one) or random_init=True for tests")
+  if checkpoint and random_init:
+    raise ValueError(f"{what}: give a checkpoint or random_init, not both")
+
+
+def build_garden_resnet(model_id=50, depth_multiplier=1.0):
+  """Model Garden's ResNet (official.vision backbones) for images of any size: a Keras model
+  float32 [N, H, W, 3] -> {level: [N, H / 2^level, W / 2^level, C]} (levels '2'..'5').
+  model_id: 18, 34, 50, 101, 152, ...; depth_multiplier scales the widths."""
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  from official.vision.modeling.backbones import resnet  # pylint: disable=g-import-not-at-top
+  return resnet.ResNet(model_id=int(model_id), depth_multiplier=float(depth_multiplier),
+                       input_specs=tf_keras.layers.InputSpec(shape=[None, None, None, 3]))
+
+
+def top_level(backbone):
+  """Name of a Model Garden backbone's coarsest output level (e.g. '5')."""
+  return str(max(int(k) for k in backbone.output_specs))
 
 
 def restore_backbone(backbone, path):
@@ -99,12 +117,13 @@ def restore_backbone(backbone, path):
     root = tf.train.Checkpoint(backbone=backbone)
     if layout == "model.backbone":
       root = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=backbone))
-    status = root.read(prefix)
     try:
+      # A variable of another shape (another depth or width) fails inside read().
+      status = root.read(prefix)
       status.assert_existing_objects_matched()
       status.expect_partial()
       return layout
-    except AssertionError as e:
+    except (AssertionError, ValueError) as e:
       errors.append(f"{layout}: {str(e).splitlines()[0]}")
   raise ValueError(f"backbone checkpoint {prefix!r} does not hold this backbone's variables "
                    f"(tried {'; '.join(errors)})")

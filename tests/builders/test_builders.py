@@ -15,6 +15,7 @@ from tal_tf.builders import model_builder
 from tal_tf.builders import optimizer_builder
 from tal_tf.builders import sampler_builder
 from tal_tf.builders import segment_coder_builder
+from tal_tf.core import stream_spec
 from tal_tf.matchers import argmax_matcher
 from tal_tf.matchers import three_way_matcher
 from tal_tf.protos import anchor_generator_pb2
@@ -33,7 +34,13 @@ def test_every_shipped_config_builds_and_runs(path):
   config = config_util.load_pipeline_config(path)
   model = model_builder.build(config.model)
   dims = config_util.stream_dims(config.train_input_reader)
-  feats = {s: tf.zeros([1, 20, d]) for s, d in dims.items()}
+  # 20 steps of each stream (feature vectors or, for a frames stream, frames).
+  feats = {s: stream_spec.dummy_input(d, steps=20) for s, d in dims.items()}
+  # Streams only some phases read (ETP's frames at their own rate): a few frames.
+  for name, reader in config_util.input_readers(config):
+    for s, d in config_util.stream_dims(reader).items():
+      if s in model.stream_names and s not in feats:
+        feats[s] = stream_spec.dummy_input(d, steps=2)
   preds = model.predict(feats, tf.constant([20]))
   dets = model.postprocess(preds, tf.constant([20]), tf.constant([1.0]))
   arch = config.model.WhichOneof("model")

@@ -61,3 +61,49 @@ def test_ablation_overrides_build(path):
     assert model._ln.non_local is None
   if name.startswith("fig7_unit_128"):
     assert model._unit_length == 8 and model._unit_stride == 4
+
+
+FRAMES = 'etp {{ num_classes: 4 streams: "rgb" frame_actionness {{ {} }} }}'
+
+
+def test_frame_actionness_defaults_are_the_papers():
+  model = _build(FRAMES.format('pretrained_checkpoint: "/ckpt/resnet34_imagenet"'))
+  network = model._an
+  assert (network.model_id, network.depth_multiplier, network.crop_size) == (34, 1.0,
+                                                                              (224, 224))
+  assert model.frames_stream == "frames" and model.stream_names == ("rgb", "frames")
+  assert model._pretrained_checkpoint == "/ckpt/resnet34_imagenet"
+  assert model.phase_stream_names("actionness") == ("frames",)
+  # The features head is the default.
+  assert model_builder.build(text_format.Parse('etp { num_classes: 4 streams: "rgb" }',
+                                               model_pb2.Model())).frames_stream is None
+
+
+@pytest.mark.parametrize("inner,match", [
+    ("", "pretrained_checkpoint.*random_init"),
+    ('pretrained_checkpoint: "/x" random_init: true', "exactly one"),
+    ('random_init: true frames_stream: ""', "frames_stream"),
+    ('random_init: true frames_stream: "rgb"', "feature stream"),
+    ('random_init: true proposal_input_reader { streams { name: "rgb" dim: 4 } }',
+     "proposal_input_reader.streams"),
+])
+def test_frame_actionness_errors_name_the_field(inner, match):
+  with pytest.raises(ValueError, match=match):
+    _build(FRAMES.format(inner))
+
+
+def test_frame_actionness_proposal_reader_reads_whole_videos_once(monkeypatch):
+  from tal_tf.builders import etp_builder  # pylint: disable=g-import-not-at-top
+  seen = {}
+  monkeypatch.setattr(etp_builder.input_reader_builder, "build",
+                      lambda reader, **kwargs: seen.update(reader=reader, **kwargs))
+  model = _build(FRAMES.format(
+      'random_init: true model_id: 18 depth_multiplier: 0.25 proposal_input_reader { '
+      'input_path: "frames/train-*.tfrecord" '
+      'streams { name: "frames" type: FRAMES frame_height: 8 frame_width: 8 } '
+      'batch_size: 4 shuffle: true repeat: true }'))
+  assert not seen  # built when the proposals are made, not with the model
+  model._proposal_frames_fn()
+  assert list(seen["reader"].input_path) == ["frames/train-*.tfrecord"]
+  assert not seen["reader"].shuffle and not seen["reader"].repeat
+  assert not seen["is_training"] and seen["batch_size"] == 1 and seen["num_classes"] == 4

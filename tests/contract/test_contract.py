@@ -8,6 +8,11 @@ SavedModel without tal_tf -> the inference CLI -> the evaluation CLI. A new meta
 adds its embedded config to CASES. The toy model (tests/contract/toy_model.py, defined
 outside tal_tf) proves that no shared code needs to change for a new model; it is also
 killed with SIGKILL inside its second phase and must resume there.
+
+A model reading frames (S-CNN's C3D, `scnn_c3d`) runs on tiny synthetic videos turned into
+frame records by the project's own tools; its exported model takes frames (model_info.json
+says so), is also loaded through TensorFlow's C API, and the inference CLI decodes the
+videos (--video).
 """
 import collections
 import json
@@ -21,25 +26,34 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tal_tf.core import stream_spec
+from tal_tf.dataset_tools import create_frame_records
 from tal_tf.dataset_tools import create_tfrecord
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import synthetic_thumos
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
+from tal_tf.video import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FRESH_LOAD = os.path.join(REPO, "tests", "export", "fresh_load.py")
+C_API_RUNNER = os.path.join(REPO, "tests", "export", "c_api_runner.py")
 ENV = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
 
 TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
 
-Case = collections.namedtuple("Case", ["name", "config", "steps_per_phase", "kill_in_last"])
+Case = collections.namedtuple("Case", ["name", "config", "steps_per_phase", "kill_in_last",
+                                       "override"], defaults=("",))
 CASES = [
     Case("tal_net", os.path.join(REPO, "configs", "tal_net_embedded.config"), 4, False),
     Case("wtal", os.path.join(REPO, "configs", "wtal_embedded.config"), 4, False),
     Case("toy", TOY_CONFIG, 4, True),
     Case("scnn", os.path.join(REPO, "configs", "scnn_embedded.config"), 4, False),
     Case("etp", os.path.join(REPO, "configs", "etp_embedded.config"), 4, False),
+    # P_pro >= 0 keeps every window as a proposal (after 4 steps per phase none reaches the
+    # paper's 0.7), so the served proposal scores are real network outputs to compare.
+    Case("scnn_c3d", os.path.join(REPO, "configs", "scnn_c3d_synthetic_video.config"), 4,
+         False, "model { scnn { proposal_score_threshold: 0.0 } }"),
 ]
 
 
@@ -71,9 +85,81 @@ def _data_for(datasets, tmp_path_factory, stream_dims):
   return out
 
 
+def _frame_data_for(datasets, tmp_path_factory, spec):
+  """Tiny synthetic videos (tal_tf.video.synthetic) -> frame records at the stream's rate and
+  size (create_frame_records): 3 training and 2 test videos of 8 s."""
+  key = ("frames", spec)
+  if key in datasets:
+    return datasets[key]
+  root = str(tmp_path_factory.mktemp("contract_frames"))
+  database = synthetic.write_dataset(root, num_videos=5, seconds=8.0, fps=10, width=64,
+                                     height=48, seed=0)
+  out = dict(annotations=os.path.join(root, "annotations.json"),
+             label_map=os.path.join(root, "label_map.pbtxt"),
+             videos=os.path.join(root, "videos"))
+  for subset, name in (("validation", "train"), ("test", "test")):
+    create_frame_records.convert_videos(
+        out["videos"], out["annotations"], os.path.join(root, name), out["label_map"],
+        subset=subset, fps=spec.fps, size=(spec.width, spec.height), progress_stream=None)
+    out[name] = os.path.join(root, f"{name}-*.tfrecord")
+  out["test_ids"] = sorted(v for v, e in database.items() if e["subset"].lower() == "test")
+  datasets[key] = out
+  return out
+
+
+def _served_inputs(info, data, video):
+  """(serving_default inputs of `video`, inference CLI source flags) for a model reading
+  features (.npy files) or frames (the video decoded as the CLI does)."""
+  lengths, rate = info["inputs"]["lengths"], info["inputs"]["rate"]
+  if lengths == "num_frames":
+    from tal_tf.inference import video_source  # pylint: disable=g-import-not-at-top
+    (stream, declared), = info["inputs"]["streams"].items()
+    spec = stream_spec.FrameStream(declared["height"], declared["width"], declared["fps"])
+    source = video_source.FrameVideoSource(data["videos"], {stream: spec}, video_ids=[video])
+    (_, decoded), = list(source)
+    frames = decoded.read(0, decoded.num_steps)[stream][np.newaxis]
+    inputs = {stream: frames, lengths: np.array([frames.shape[1]], np.int32),
+              rate: np.array([spec.fps], np.float32)}
+    return inputs, [f"--video={data['videos']}"]
+  features = {s: np.load(os.path.join(data["features"][s], f"{video}.npy"))[np.newaxis]
+              for s in info["stream_names"]}
+  t = features[info["stream_names"][0]].shape[1]
+  inputs = dict(features, **{lengths: np.array([t], np.int32),
+                             rate: np.array([1.0], np.float32)})
+  flags = ["--features=" + ",".join(f"{s}:{data['features'][s]}"
+                                    for s in info["stream_names"]), "--feature_fps=1.0"]
+  return inputs, flags
+
+
+def _c_api_outputs(export_dir, inputs, work):
+  """serving_default run through TensorFlow's C API (TF Serving's loader) in a process
+  without the tensorflow package nor tal_tf; returns its outputs."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  sig = saved.meta_graphs[0].signature_def["serving_default"]
+  feeds = {}
+  for key, value in inputs.items():
+    feeds[key] = os.path.join(work, f"capi_{key}.npy")
+    np.save(feeds[key], value)
+  out_dir = os.path.join(work, "capi_out")
+  spec = dict(tf_lib_dir=os.path.dirname(tf.__file__), export_dir=export_dir,
+              inputs={k: v.name for k, v in sig.inputs.items()},
+              outputs={k: v.name for k, v in sig.outputs.items()},
+              runs=[dict(name="good", feeds=feeds, out_dir=out_dir)])
+  with open(os.path.join(work, "capi_spec.json"), "w") as f:
+    json.dump(spec, f)
+  report = json.loads(_run([sys.executable, "-I", C_API_RUNNER,
+                            os.path.join(work, "capi_spec.json")]).stdout)
+  assert report["runs"]["good"]["ok"], report
+  assert report["modules"] == []
+  return {k: np.load(os.path.join(out_dir, k + ".npy")) for k in spec["outputs"]}
+
+
 def _shrunk_config(case, data, path):
   """The shipped config pointed at the tiny data, with few steps per phase."""
-  config = config_util.load_pipeline_config(case.config)
+  config = config_util.load_pipeline_config(case.config, case.override or None)
   train = config.train_config
   train.num_steps = case.steps_per_phase
   for phase in train.phases:
@@ -154,7 +240,11 @@ def _check_per_threshold_detections(case, model_dir, step, metrics, data):
 def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_path):
   shipped = config_util.load_pipeline_config(case.config)
   dims = config_util.stream_dims(shipped.train_input_reader)
-  data = _data_for(datasets, tmp_path_factory, dims)
+  frames = stream_spec.has_frames(dims)
+  if frames:
+    data = _frame_data_for(datasets, tmp_path_factory, next(iter(dims.values())))
+  else:
+    data = _data_for(datasets, tmp_path_factory, dims)
   config_path = str(tmp_path / "pipeline.config")
   config = _shrunk_config(case, data, config_path)
   model_dir = str(tmp_path / "model")
@@ -205,23 +295,25 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
   with open(os.path.join(export_dir, "model_info.json")) as f:
     info = json.load(f)
   video = data["test_ids"][0]
-  features = {s: np.load(os.path.join(data["features"][s], f"{video}.npy"))[np.newaxis]
-              for s in info["stream_names"]}
-  t = features[info["stream_names"][0]].shape[1]
-  inputs = dict(features, num_steps=np.array([t], np.int32),
-                feature_fps=np.array([1.0], np.float32))
+  inputs, source_flags = _served_inputs(info, data, video)
   np.savez(str(tmp_path / "inputs.npz"), **inputs)
   _run([sys.executable, "-I", FRESH_LOAD, export_dir, str(tmp_path / "inputs.npz"),
         str(tmp_path / "outputs.npz")])
   with np.load(str(tmp_path / "outputs.npz")) as out:
     fresh = {k: out[k] for k in out.files}
   assert sorted(fresh) == sorted(info["output_fields"])
+  if frames:
+    # The C API (TF Serving's loader) gives the same detections from the uint8 frames.
+    c_api = _c_api_outputs(export_dir, inputs, str(tmp_path))
+    assert fresh["num_proposals"][0] > 0
+    for key in ("num_detections", "detection_scores", "detection_segments", "num_proposals",
+                "proposal_scores", "proposal_segments"):
+      np.testing.assert_allclose(c_api[key], fresh[key], rtol=1e-5, atol=1e-6)
 
   # Inference CLI over the test features, then the evaluation CLI on its results.
   results = str(tmp_path / "results.json")
   _run([sys.executable, "-m", "tal_tf.inference.infer_main", f"--saved_model_dir={serving}",
-        "--features=" + ",".join(f"{s}:{data['features'][s]}" for s in info["stream_names"]),
-        "--feature_fps=1.0", f"--annotations={data['annotations']}", "--subset=test",
+        *source_flags, f"--annotations={data['annotations']}", "--subset=test",
         f"--output={results}"])
   with open(results) as f:
     written = json.load(f)["results"]
@@ -232,7 +324,7 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
   assert len(got) == n
   np.testing.assert_allclose([d["score"] for d in got], fresh["detection_scores"][0, :n],
                              rtol=1e-5)
-  np.testing.assert_allclose([d["segment"] for d in got],
+  np.testing.assert_allclose(np.reshape([d["segment"] for d in got], (-1, 2)),
                              fresh["detection_segments"][0, :n].reshape(-1, 2), atol=1e-4)
   metrics_json = str(tmp_path / "eval.json")
   _run([sys.executable, "-m", "tal_tf.evaluation.evaluate_main",

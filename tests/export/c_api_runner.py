@@ -33,7 +33,8 @@ class _Block(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _Block())
 
-_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.int64): 9}
+_DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int32): 3, np.dtype(np.uint8): 4,
+           np.dtype(np.int64): 9}
 _NUMPY = {v: k for k, v in _DTYPES.items()}
 TF_STRING = 7
 TSTRING_BYTES = 24  # sizeof(TF_TString): each element of a TF_STRING tensor.

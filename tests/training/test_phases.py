@@ -266,3 +266,58 @@ def test_unknown_input_order_or_strategy_fails_naming_the_field(records, tmp_pat
                       str(tmp_path))
   with pytest.raises(ValueError, match="multi_worker_mirrored"):
     train_lib.build_strategy("parameter_server")
+
+
+def _video_ids(dataset, batches=None):
+  ids = set()
+  for i, batch in enumerate(dataset):
+    if batches is not None and i >= batches:
+      break
+    ids.update(v.decode() for v in batch[InputFields.video_id].numpy())
+  return ids
+
+
+def test_a_phase_with_its_own_input_reader_trains_and_prepares_on_that_data(
+    records, tmp_path):
+  """train_config.phases[i].input_reader: the phase's training batches and its
+  begin_phase dataset_fn read it; the other phase keeps train_input_reader; both iterators
+  are checkpointed and a resumed run continues."""
+  first_file = sorted(glob.glob(records["train"]))[0]
+  raw = next(tf.data.TFRecordDataset(first_file).as_numpy_iterator())
+  only = tf.train.SequenceExample.FromString(raw).context.feature[
+      "video/id"].bytes_list.value[0].decode()
+  one = str(tmp_path / "one.tfrecord")
+  with tf.io.TFRecordWriter(one) as writer:
+    writer.write(raw)
+  config = _config(records, f"""train_config {{
+      phases {{ name: "embed" num_steps: 2 }}
+      phases {{ name: "head" num_steps: 2
+        input_reader {{ input_path: "{one}" label_map_path: "{records['label_map']}"
+          streams {{ name: "rgb" dim: 6 }} streams {{ name: "flow" dim: 4 }}
+          batch_size: 1 max_steps: 64 }} }}
+      checkpoint_every_n_steps: 100 steps_per_loop: 1 input_order: "iterator" }}""")
+  model_dir = str(tmp_path / "m")
+  trainer = train_lib.Trainer(config, model_dir)
+  all_ids = _video_ids(trainer.phase_dataset(False, False))
+  assert len(all_ids) == 3 and only in all_ids
+  prepared = {}
+  original = trainer.model.begin_phase
+
+  def spy(phase, context):
+    prepared[phase] = _video_ids(context.dataset_fn(False, False))
+    return original(phase, context)
+
+  trainer.model.begin_phase = spy
+  head, embed = trainer.phases[1], trainer.phases[0]
+  assert _video_ids(trainer.train_iterator(head), 3) == {only}
+  assert len(_video_ids(trainer.train_iterator(embed), 6)) > 1
+  trainer.num_train_steps = 3
+  assert trainer.train() == 3
+  assert prepared == {"embed": all_ids, "head": {only}}
+  keys = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir)) \
+      .get_variable_to_shape_map()
+  assert any(k.startswith("train_iterator_head/") for k in keys)
+  assert any(k.startswith("train_iterator/") for k in keys)
+  resumed = train_lib.Trainer(config, model_dir)
+  assert resumed.train() == 4
+  assert int(resumed.phases[1].optimizer.iterations.numpy()) == 2

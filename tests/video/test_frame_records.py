@@ -201,3 +201,45 @@ def test_smaller_frames_are_upscaled_to_the_crop(records):
   batch = next(iter(ds))
   assert batch["clips"].shape == (2, 1, 64, 64, 3)
   assert batch[InputFields.num_segments].shape == (2,)
+
+
+def test_trimmed_clips_are_one_action_each(tmp_path):
+  # Two short videos as trimmed clips: --trimmed, and "trimmed": true for one video of an
+  # otherwise untrimmed conversion; every record's ground truth is [0, duration] per class.
+  root = str(tmp_path)
+  os.makedirs(os.path.join(root, "videos"))
+  synthetic.write_video(os.path.join(root, "videos", "clip_a.mp4"), 20, 10, 64, 32)
+  synthetic.write_video(os.path.join(root, "videos", "clip_b.mp4"), 15, 10, 64, 32)
+  database = {"clip_a": {"subset": "train", "duration": 2.0, "labels": ["Jump"],
+                         "annotations": []},
+              "clip_b": {"subset": "train", "duration": 1.5,
+                         "annotations": [{"segment": [0.2, 0.9], "label": "Throw"}]}}
+  with open(os.path.join(root, "clips.json"), "w") as f:
+    json.dump({"database": database}, f)
+
+  def convert(name, trimmed):
+    summary = create_frame_records.convert_videos(
+        os.path.join(root, "videos"), os.path.join(root, "clips.json"),
+        os.path.join(root, name), os.path.join(root, "label_map.pbtxt"), fps=FPS, size=SIZE,
+        progress_stream=None, trimmed=trimmed)
+    out = {}
+    for ex in _all_records(os.path.join(root, name + "-*.tfrecord")):
+      ctx = ex.context.feature
+      out[ctx[SEF.video_id].bytes_list.value[0].decode()] = (
+          list(zip(ctx[SEF.segment_start].float_list.value,
+                   ctx[SEF.segment_end].float_list.value)),
+          list(ctx[SEF.segment_label].int64_list.value))
+    return summary, out
+
+  summary, records = convert("trimmed", True)
+  assert summary["trimmed"] and summary["num_written"] == 2
+  # Label map written from the classes, sorted by name: Jump 1, Throw 2.
+  assert records == {"clip_a": ([(0.0, 2.0)], [1]), "clip_b": ([(0.0, 1.5)], [2])}
+  assert "trimmed_segment_replaced" in summary["quirks"]
+  _, untrimmed = convert("untrimmed", False)
+  assert untrimmed["clip_b"] == ([(pytest.approx(0.2), pytest.approx(0.9))], [2])
+  assert untrimmed["clip_a"] == ([], [])
+  database["clip_b"]["trimmed"] = True
+  with open(os.path.join(root, "clips.json"), "w") as f:
+    json.dump({"database": database}, f)
+  assert convert("per_video", False)[1]["clip_b"] == ([(0.0, 1.5)], [2])
