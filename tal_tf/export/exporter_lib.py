@@ -242,7 +242,9 @@ class DetectionModule(tf.Module):
             [f"input {s} holds NaN or Inf within the first num_steps steps of videos",
              tf.where(tf.logical_not(tf.reduce_all(finite, axis=[1, 2])))[:, 0]],
             name=f"check_finite_{s}"))
-    with tf.control_dependencies(finite_checks):
+    # value_checks too: frames (uint8) have no finite check, and every returned tensor must
+    # wait for the rank / shape / value checks (they are chained through their dependencies).
+    with tf.control_dependencies(finite_checks + value_checks):
       features = {s: tf.identity(features[s]) for s in streams}
       num_steps = tf.identity(num_steps)
       feature_fps = tf.identity(feature_fps)

@@ -320,7 +320,10 @@ class ScnnMetaArch(meta_arch.TemporalDetectionModel):
     """Window logits of the phase's network (all inference networks when phase is None).
 
     Returns windows [B, W, 2] (steps; the last is the whole video), sliding_valid [B, W],
-    and <network>_logits [B, W, outputs] for each network run.
+    and <network>_logits [B, W, outputs] for each network run. In window-subset mode (module
+    doc) a phase's predictions hold window_input and num_steps instead of logits: `loss`
+    samples the windows and runs the network on them; at inference the scoring network's
+    logits are zeros on the windows the proposal network drops.
     """
     num_steps = tf.cast(num_steps, tf.int32)
     x = self._window_input(features)
