@@ -2,9 +2,10 @@ r"""S-CNN ablations (Tab. 3, Fig. 7, the alpha sweep) on the embedded dataset (f
 backbone) or on tiny synthetic videos (C3D backbone on frames).
 
   python bench/bench_scnn_ablations.py [--work_dir=/tmp/scnn_ablations] [--steps=150]
-      [--base_lr=1e-4] [--num_videos=60] [--seed=1] [--runs=all|name,name,...] [--fresh]
+      [--base_lr=RATE] [--fc8_multiplier=M] [--num_videos=60] [--seed=1]
+      [--runs=all|name,name,...] [--fresh]
   python bench/bench_scnn_ablations.py --backbone=c3d --work_dir=/tmp/scnn_c3d \
-      [--steps=150] [--base_lr=3e-3] [--num_videos=24] ...
+      [--steps=150] [--num_videos=24] ...
 
 C3D mode: configs/scnn_c3d_synthetic_video.config (C3D at 1/16 of its widths, 16x16 crops,
 windows 16/32/64 frames) on videos of tal_tf.video.synthetic (moving shapes, an action is a
@@ -12,16 +13,18 @@ disc whose colour is its class; 2 classes) made into frame records at 10 fps, 32
 by create_frame_records; two thirds train, one third test; C3D at 1/4 of its widths without
 dropout (`C3D_MODEL`), batches of 4 videos. Training runs C3D only on each batch's Sec. 3.2
 sample (at most 8 windows per video). The narrow C3D starts from random
-weights, so it trains at C3D's own from-scratch rate (3e-3, no fc8 multiplier) rather than
-the paper's fine-tuning rate (1e-4, fc8 at 100x over Sports-1M weights).
+weights, so its config trains at C3D's own from-scratch rate (3e-3, no fc8 multiplier)
+rather than the paper's fine-tuning rate (1e-4, fc8 at 100x over Sports-1M weights).
 
 Every run builds configs/scnn_embedded.config with a `model.scnn` override and trains its
 phases in order ("proposal", "classification", "localization", minus those an ablation drops)
 in its own subprocess, with the same data, steps and seed:
-  * each phase: SGD, momentum 0.9, Caffe-style weight decay 5e-4 (added to the gradient),
-    base rate 1e-4 with fc8 at 100x, step decay (x0.1 proposal, x0.5 classification /
-    localization) every `--steps // 3` iterations: the paper's solver (the same math as the
-    trainer's phases in configs/scnn_embedded.config) with its iteration counts scaled down;
+  * each phase: the solver of its `train_config.phases` entry in the config (SGD with
+    momentum, Caffe-style weight decay added to the gradient, the fc8 learning-rate
+    multiplier, the piecewise rate's first value as base rate and the ratio of its first two
+    values as the step decay), the decay applied every `--steps // 3` iterations, i.e. the
+    trainer's phases with the iteration counts scaled down; `--base_lr` / `--fc8_multiplier`
+    override every phase's base rate / fc8 multiplier;
   * `begin_phase` before each phase (length prior from the training data, localization
     initialized from the classification network).
 Evaluation follows the paper through the shared evaluator (`eval_lib.evaluate_dataset`,
@@ -30,8 +33,10 @@ NMS at theta - 0.1, one post-processing per theta over the same network outputs;
 with the serving NMS (0.4) at every theta, the protocol TAL-Net is evaluated with. Fig. 7: the detections of NMS at 0.4, pooled over the test videos, cut to the
 top kappa by score, mAP@0.5 against kappa.
 
-A base rate of 1e-3 (fc8 at 1e-1) diverged (proposal loss 1.8 -> 5.7 within 60 iterations),
-so the paper's 1e-4 is the default. Runs (names for --runs):
+configs/scnn_embedded.config has the paper's solver (base 1e-4, fc8 at 100x) except the
+proposal phase's base rate 1e-3 with fc8 at 10x (the config says why); a base rate of 1e-3
+with fc8 at 100x (1e-1) diverged (proposal loss 1.8 -> 5.7 within 60 iterations).
+Runs (names for --runs):
   scnn               the full model                        (Tab. 3, Fig. 7)
   no_proposal        use_proposal_network: false           (Tab. 3)
   no_classification  localization not initialized from classification (Fig. 7)
@@ -73,9 +78,6 @@ RUNS = {
     "alpha_0.75": ("overlap_alpha: 0.75", "alpha 0.75"),
     "alpha_1.0": ("overlap_alpha: 1.0", "alpha 1.0"),
 }
-DECAY = {"proposal": 0.1, "classification": 0.5, "localization": 0.5}
-
-
 def prepare_frames(work_dir, num_videos, seed=0):
   """Synthetic videos -> frame records (train = 'validation', test) at the C3D config's
   frame rate and size; returns the reader override for that config."""
@@ -108,13 +110,39 @@ def prepare_frames(work_dir, num_videos, seed=0):
 C3D_MODEL = "c3d { width_multiplier: 0.25 } dropout_rate: 0.0"
 
 
-def train_phase(model, phase, dataset, steps, base_lr, seed, log, fc8_multiplier=100.0):
-  """Paper SGD on `phase`'s variables for `steps` batches of `dataset` (an iterator)."""
+def phase_solver(config, phase, base_lr=None, fc8_multiplier=None):
+  """The configured solver of `phase`: dict(base_lr, decay, momentum, weight_decay,
+  multipliers [(regex, multiplier)]) from train_config.phases (piecewise_constant values v:
+  base v[0], decay v[1] / v[0]); base_lr / fc8_multiplier override the configured ones."""
+  for p in config.train_config.phases:
+    if p.name != phase:
+      continue
+    opt = p.optimizer
+    values = list(opt.learning_rate.piecewise_constant.values)
+    if opt.WhichOneof("optimizer_oneof") != "momentum" or len(values) < 2:
+      raise ValueError(f"train_config.phases {phase!r}: the bench needs momentum with a "
+                       f"piecewise_constant rate of >= 2 values, got {opt}")
+    multipliers = [(m.regex, m.multiplier) for m in p.learning_rate_multipliers]
+    if fc8_multiplier is not None:
+      multipliers = [("/fc8/", float(fc8_multiplier))]
+    return dict(base_lr=values[0] if base_lr is None else float(base_lr),
+                decay=values[1] / values[0], momentum=opt.momentum.momentum,
+                weight_decay=opt.momentum.weight_decay, multipliers=multipliers)
+  raise ValueError(f"train_config has no phase {phase!r}")
+
+
+def train_phase(model, phase, dataset, steps, solver, log, on_step=None):
+  """Caffe SGD on `phase`'s variables for `steps` batches of `dataset` (an iterator), with
+  `solver` from `phase_solver` (the rate decayed at every third of the phase); on_step(i)
+  is called after iteration i (1-based) when given."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tal_tf.core.standard_fields import InputFields  # pylint: disable=g-import-not-at-top
   variables = model.phase_variables(phase)
   velocity = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
-  multipliers = [fc8_multiplier if re.search(r"/fc8/", v.name) else 1.0 for v in variables]
+  # The first matching regex wins (the trainer's rule).
+  multipliers = [next((m for r, m in solver["multipliers"] if re.search(r, v.name)), 1.0)
+                 for v in variables]
+  mu, wd = solver["momentum"], solver["weight_decay"]
   gt_keys = (InputFields.segments, InputFields.labels, InputFields.num_segments)
 
   @tf.function(reduce_retracing=True)
@@ -126,19 +154,20 @@ def train_phase(model, phase, dataset, steps, base_lr, seed, log, fc8_multiplier
     grads = tape.gradient(losses["total_loss"], variables)
     for v, g, s, m in zip(variables, grads, velocity, multipliers):
       # Caffe SGD: V = mu V + lr (g + wd w); w -= V.
-      s.assign(0.9 * s + lr * m * (g + 5e-4 * v))
+      s.assign(mu * s + lr * m * (g + wd * v))
       v.assign_sub(s)
     return losses["total_loss"], losses[f"{phase}_num_windows"]
 
   decay_every = max(steps // 3, 1)
   t0 = time.time()
   for i in range(steps):
-    lr = base_lr * DECAY[phase] ** (i // decay_every)
+    lr = solver["base_lr"] * solver["decay"] ** (i // decay_every)
     loss, n = step(next(dataset), tf.constant(lr, tf.float32))
     if (i + 1) % max(steps // 5, 1) == 0 or i < 3:
       log(f"  {phase} step {i + 1}/{steps} loss {float(loss):.4f} windows {int(n)} "
           f"lr {lr:.2e} ({time.time() - t0:.0f}s)")
-  del seed
+    if on_step is not None:
+      on_step(i + 1)
 
 
 def evaluate(model, config, kappas=KAPPAS):
@@ -191,18 +220,15 @@ def evaluate(model, config, kappas=KAPPAS):
   return out
 
 
-def run_one(name, args):
-  """Trains and evaluates one run in this process; writes <work_dir>/<name>.json."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def build_run(model_override, args):
+  """(config, model with variables, stream dims, dataset_fn) of the backbone's config with a
+  `model.scnn` override, on its data in <work_dir>, seeded by args.seed."""
   import tf_keras  # pylint: disable=g-import-not-at-top
   from tal_tf import demo  # pylint: disable=g-import-not-at-top
   from tal_tf.builders import input_reader_builder  # pylint: disable=g-import-not-at-top
   from tal_tf.builders import model_builder  # pylint: disable=g-import-not-at-top
-  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import config_util  # pylint: disable=g-import-not-at-top
 
-  log = lambda msg: print(f"[{name}] {msg}", flush=True)
-  model_override = RUNS[name][0]
   if args.backbone == "c3d":
     override = prepare_frames(args.work_dir, args.num_videos)
     model_override = f"{C3D_MODEL} {model_override}"
@@ -224,18 +250,29 @@ def run_one(name, args):
                                     is_training=is_training, seed=args.seed)
     return ds if repeat else ds.take(args.prior_batches)
 
+  return config, model, dims, dataset_fn
+
+
+def run_one(name, args):
+  """Trains and evaluates one run in this process; writes <work_dir>/<name>.json."""
+  from tal_tf.meta_architectures import meta_arch  # pylint: disable=g-import-not-at-top
+
+  log = lambda msg: print(f"[{name}] {msg}", flush=True)
+  config, model, dims, dataset_fn = build_run(RUNS[name][0], args)
   train = iter(dataset_fn(True, True))
   t0 = time.time()
+  solvers = {}
   for phase in model.training_phases:
     ctx = meta_arch.TrainingContext(dataset_fn, args.work_dir, 0, True, stream_dims=dims)
     model.begin_phase(phase, ctx)
-    train_phase(model, phase, train, args.steps, args.base_lr, args.seed, log,
-                args.fc8_multiplier)
+    solvers[phase] = phase_solver(config, phase, args.base_lr, args.fc8_multiplier)
+    log(f"  {phase} solver {solvers[phase]}")
+    train_phase(model, phase, train, args.steps, solvers[phase], log)
   train_seconds = time.time() - t0
   metrics = evaluate(model, config, C3D_KAPPAS if args.backbone == "c3d" else KAPPAS)
   metrics.update(name=name, description=RUNS[name][1], phases=list(model.training_phases),
                  train_seconds=train_seconds, steps_per_phase=args.steps,
-                 base_lr=args.base_lr, seed=args.seed, backbone=args.backbone)
+                 solvers=solvers, seed=args.seed, backbone=args.backbone)
   log(f"avg mAP {metrics['avg_mAP']:.4f} mAP@0.5 {metrics['mAP']['0.5']:.4f} "
       f"({train_seconds:.0f}s training)")
   with open(os.path.join(args.work_dir, f"{name}.json.tmp"), "w") as f:
@@ -315,9 +352,9 @@ def main():
   parser.add_argument("--backbone", choices=("features", "c3d"), default="features")
   parser.add_argument("--steps", type=int, default=150, help="iterations per phase")
   parser.add_argument("--base_lr", type=float, default=None,
-                      help="default 1e-4 (features), 3e-3 (c3d)")
+                      help="every phase's base rate (default: each phase's configured one)")
   parser.add_argument("--fc8_multiplier", type=float, default=None,
-                      help="default 100 (features), 1 (c3d)")
+                      help="every phase's fc8 multiplier (default: the configured ones)")
   parser.add_argument("--prior_batches", type=int, default=20,
                       help="training batches read for the length prior")
   parser.add_argument("--num_videos", type=int, default=None,
@@ -327,13 +364,8 @@ def main():
   parser.add_argument("--fresh", action="store_true")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  c3d = args.backbone == "c3d"
-  if args.base_lr is None:
-    args.base_lr = 3e-3 if c3d else 1e-4
-  if args.fc8_multiplier is None:
-    args.fc8_multiplier = 1.0 if c3d else 100.0
   if args.num_videos is None:
-    args.num_videos = 24 if c3d else 60
+    args.num_videos = 24 if args.backbone == "c3d" else 60
   os.makedirs(args.work_dir, exist_ok=True)
   if args.one:
     run_one(args.one, args)
