@@ -283,7 +283,7 @@ def test_inference_refinement_switch():
   x = _pattern(24, [(2, 6), (12, 20)], seed=1)
   feats, steps = {"rgb": x[None, :, :4], "flow": x[None, :, 4:]}, tf.constant([24])
   inputs, num_steps = model._inputs(feats, steps)  # pylint: disable=protected-access
-  an_segments, _, an_num = model._an_proposals(inputs, num_steps)  # pylint: disable=protected-access
+  an_segments, _, an_num = model._an_proposals(feats, inputs, num_steps)  # pylint: disable=protected-access
   n = int(an_num[0])
   assert n > 0
   refined = model.predict(feats, steps)["ln_proposals"]

@@ -226,7 +226,12 @@ def test_the_surviving_worker_fails_instead_of_hanging(runs):
   code, seconds = runs["chief_exit"]
   assert code is not None, "the chief hung for 120 s after its peer was killed"
   assert code != 0
-  assert "heartbeat timeout" in _log(runs["out"], 1, 0)
+  # How the loss of the peer surfaces depends on timing: the coordination service's heartbeat
+  # timeout, or (when the chief is inside a collective at the kill) the collective aborting
+  # with UNAVAILABLE on the reset connection. Either way the error names the lost peer.
+  log = _log(runs["out"], 1, 0)
+  assert ("heartbeat timeout" in log
+          or ("UNAVAILABLE" in log and "Connection reset by peer" in log)), log[-3000:]
   print(f"chief failed {seconds:.0f} s after the SIGKILL")
 
 
