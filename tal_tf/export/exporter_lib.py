@@ -424,7 +424,13 @@ class DetectionModule(tf.Module):
       def serve_examples(inputs):
         """{examples: string [B]} -> detections dict + video_id [B]."""
         features, num_steps, fps, video_ids = self.decode_examples(inputs[EXAMPLES_INPUT])
-        out = self.detect(features, num_steps, fps)
+        # The decoded batch goes through the serving function itself: one traced copy of the
+        # network in the SavedModel, called by both signatures (tracing it twice doubled the
+        # export time), and the same input checks.
+        served = dict(features)
+        served[self.lengths_input] = num_steps
+        served[self.rate_input] = fps
+        out = dict(self.serving_function()(served))
         out[VIDEO_ID_OUTPUT] = video_ids
         return out
       self._tf_example_fn = tf.function(serve_examples, input_signature=[{

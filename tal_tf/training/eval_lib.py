@@ -105,10 +105,24 @@ def build_eval_dataset(config, num_classes):
   return input_reader_builder.build(reader, num_classes=num_classes, is_training=False)
 
 
-def make_detect_fn(model):
-  """tf.function: batch -> postprocessed detections."""
+def _relaxed_concrete(fn, features, num_steps, feature_fps):
+  """The concrete function of tf.function `fn(features, num_steps, feature_fps)` whose batch
+  and time dimensions are unknown.
 
-  @tf.function(reduce_retracing=True)
+  Evaluation batches differ in batch size (the last one) and length; a plain tf.function
+  would trace the first batch's exact shapes and trace again, relaxed, on the next batch.
+  """
+  relaxed = tf.nest.map_structure(
+      lambda t: tf.TensorSpec([None, None] + t.shape[2:], t.dtype), features)
+  return fn.get_concrete_function(relaxed, tf.TensorSpec([None], num_steps.dtype),
+                                  tf.TensorSpec([None], feature_fps.dtype))
+
+
+def make_detect_fn(model):
+  """Python fn: batch (features, num_steps, feature_fps) -> postprocessed detections, one
+  graph traced on the first call."""
+
+  @tf.function
   def detect(features, num_steps, feature_fps):
     inputs = model.preprocess({InputFields.features: features, InputFields.num_steps: num_steps,
                                InputFields.feature_fps: feature_fps})
@@ -116,18 +130,26 @@ def make_detect_fn(model):
     predictions = model.predict(features, num_steps, training=False)
     return model.postprocess(predictions, num_steps, inputs[InputFields.feature_fps])
 
-  return detect
+  concrete = []
+
+  def call(features, num_steps, feature_fps):
+    if not concrete:
+      concrete.append(_relaxed_concrete(detect, features, num_steps, feature_fps))
+    return concrete[0](features, num_steps, feature_fps)
+
+  return call
 
 
 def make_multi_detect_fn(model, variants):
   """Python fn: batch -> (serving detections, [detections of each postprocess variant]).
 
   The network runs once per batch; `postprocess` runs once with no extra arguments (the
-  serving detections) and once per keyword-argument dict of `variants` (one trace each:
-  the values are Python constants).
+  serving detections) and once per keyword-argument dict of `variants` (the values are
+  Python constants). Each is traced once, on the first call: the post-processings for the
+  shapes the network's graph outputs (unknown batch and length).
   """
 
-  @tf.function(reduce_retracing=True)
+  @tf.function
   def forward(features, num_steps, feature_fps):
     inputs = model.preprocess({InputFields.features: features, InputFields.num_steps: num_steps,
                                InputFields.feature_fps: feature_fps})
@@ -135,12 +157,23 @@ def make_multi_detect_fn(model, variants):
     predictions = model.predict(inputs[InputFields.features], num_steps, training=False)
     return predictions, num_steps, inputs[InputFields.feature_fps]
 
-  posts = [tf.function(functools.partial(model.postprocess, **kwargs), reduce_retracing=True)
-           for kwargs in [{}] + list(variants)]
+  def post_fn(kwargs):
+    # A closure, not functools.partial: the concrete function of a partial would still
+    # require the bound keyword arguments at every call.
+    return tf.function(lambda p, n, f: model.postprocess(p, n, f, **kwargs))
+
+  posts = [post_fn(kwargs) for kwargs in [{}] + list(variants)]
+  concrete = []
 
   def detect(features, num_steps, feature_fps):
-    predictions, steps, fps = forward(features, num_steps, feature_fps)
-    outs = [post(predictions, steps, fps) for post in posts]
+    if not concrete:
+      network = _relaxed_concrete(forward, features, num_steps, feature_fps)
+      specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                    network.structured_outputs)
+      concrete.append((network, [post.get_concrete_function(*specs) for post in posts]))
+    network, post_fns = concrete[0]
+    predictions, steps, fps = network(features, num_steps, feature_fps)
+    outs = [post(predictions, steps, fps) for post in post_fns]
     return outs[0], outs[1:]
 
   return detect

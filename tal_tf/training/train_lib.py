@@ -405,6 +405,10 @@ class Trainer:
     # its phase-local step instead.
     global_batch = tf.constant(0 if phase.own_reader else phase.reader.batch_size, tf.int64)
 
+    # A function of its own, traced once and called twice by train_loop's graph (the first
+    # step and the loop body): tracing the model, its gradients and the optimizer update is most
+    # of the time a short run takes, and inlined twice it would be traced twice.
+    @tf.function
     def one_step(iterator):
       per_replica = strategy.run(self._replica_step, args=(next(iterator), phase))
       self.global_step.assign_add(1)
