@@ -552,16 +552,17 @@ def _build_variables(model, stream_dims):
 def restore_model(model, stream_dims, checkpoint_path):
   """Builds `model`'s variables and restores them from a checkpoint prefix or directory;
   raises ExportError if any model variable is absent from the checkpoint."""
+  from tal_tf.training import checkpoint_util  # pylint: disable=g-import-not-at-top
   checkpoint_path = resolve_checkpoint(checkpoint_path)
   _build_variables(model, stream_dims)
   try:
-    status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
-    status.expect_partial()  # The optimizer and input position are not needed for serving.
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    # Missing variables (AssertionError) or variables of another shape (ValueError).
-    raise ExportError(f"checkpoint {checkpoint_path!r} does not match the model built from the "
-                      f"pipeline config (wrong config or checkpoint?): {e}") from None
+    # The optimizer and input position in the checkpoint are not needed for serving.
+    checkpoint_util.restore_checked(
+        tf.train.Checkpoint(model=model), checkpoint_path,
+        hint=" (it does not match the model built from the pipeline config: wrong config or "
+        "checkpoint?)")
+  except checkpoint_util.CheckpointReadError as e:
+    raise ExportError(str(e)) from None
   return model
 
 

@@ -362,15 +362,9 @@ class Trainer:
     if not path or not tf.io.gfile.glob(path + ".index"):
       raise FileNotFoundError(f"train_config.fine_tune_checkpoint: no checkpoint at {source!r}")
     restore_map = self.model.restore_map(train_config.fine_tune_checkpoint_type)
-    status = tf.train.Checkpoint(**restore_map).restore(path)
-    try:
-      status.assert_existing_objects_matched()
-    except AssertionError as e:
-      raise ValueError(
-          f"train_config.fine_tune_checkpoint {path}: does not match the model's "
-          f"{train_config.fine_tune_checkpoint_type!r} restore map: "
-          f"{str(e).splitlines()[0][:300]}") from None
-    status.expect_partial()
+    checkpoint_util.restore_checked(
+        tf.train.Checkpoint(**restore_map), path, what="train_config.fine_tune_checkpoint",
+        hint=f" (the model's {train_config.fine_tune_checkpoint_type!r} restore map)")
     logging.info("initialized from fine-tune checkpoint %s (%s)", path,
                  train_config.fine_tune_checkpoint_type)
     return path
