@@ -309,6 +309,7 @@ def run(fv, predictor=None):
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
     raise app.UsageError("--output is required")
+  names = label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
   predictor = predictor or make_predictor(fv)
   try:
     detector = ServingDetector(predictor)
@@ -323,7 +324,6 @@ def run(fv, predictor=None):
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
   finally:
     predictor.close()
-  names = label_map_util.id_to_name_if_exists(fv.label_map)
   eval_io.write_results(fv.output, inference_lib.to_results(result.detections, names))
   return result
 

@@ -230,6 +230,11 @@ def run(fv):
     raise app.UsageError("--output is required")
   detector = load_detector(fv)
   source = feature_source(fv, detector.stream_dims)
+  # Before the work: a --label_map that is missing or not this model's is an error.
+  id_to_name = label_map_util.id_to_name_if_exists(
+      fv.label_map or detector.label_map_path,
+      num_classes=(detector.model_info or {}).get("num_classes"),
+      flag="--label_map" if fv.label_map else None)
   defaults = inference_lib.post_processing_defaults(detector)
   window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
   overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
@@ -245,7 +250,6 @@ def run(fv):
       proposal_nms_iou_threshold=defaults["proposal_nms_iou_threshold"],
       max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],
       progress_every=100)
-  id_to_name = label_map_util.id_to_name_if_exists(fv.label_map or detector.label_map_path)
   results = inference_lib.to_results(result.detections, id_to_name)
   eval_io.write_results(fv.output, results)
   if fv.timeline_png and results:
