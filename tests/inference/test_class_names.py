@@ -4,7 +4,6 @@ belongs to another model is an error before any inference, not results labelled
 
 import os
 
-from absl import flags
 import numpy as np
 import pytest
 
@@ -12,15 +11,9 @@ from tal_tf.data import label_map_util
 from tal_tf.evaluation import io as eval_io
 from tal_tf.inference import infer_main
 from tests.export import tiny_model
+from tests.inference.test_infer_main import _flags  # pylint: disable=g-importing-member
 
 FPS = 2.0
-
-
-def _flags(*args):
-  fv = flags.FlagValues()
-  infer_main.define_flags(fv)
-  fv(["infer_main", *args])
-  return fv
 
 
 @pytest.fixture(scope="module")
