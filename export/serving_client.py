@@ -280,7 +280,7 @@ def define_flags(flag_values=flags.FLAGS):
                       "<version>/label_map.pbtxt).", flag_values=fv)
   flags.DEFINE_string("output", None, "Results JSON to write.", flag_values=fv)
   flags.DEFINE_integer("window_steps", 0, "Window length in steps (0 = whole videos).",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_float("window_overlap", 0.25, "Overlap of consecutive windows.",
                      flag_values=fv)
   flags.DEFINE_float("nms_iou_threshold", 0.7, "tIoU of the per-class NMS merging windows "

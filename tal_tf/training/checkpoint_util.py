@@ -48,6 +48,8 @@ class CheckpointReadError(ValueError):
 # ("Read less bytes than requested") or DataLossError depending on where the cut falls; a
 # missing data shard as NotFoundError.
 _UNREADABLE = (IndexError, tf.errors.OpError)
+# The start of TensorFlow's ValueError for a variable whose saved shape differs.
+_SHAPE_MISMATCH = "Received incompatible tensor with shape"
 
 
 def restore_checked(root, path, what="checkpoint", hint=""):
@@ -254,6 +256,14 @@ def restore_newest_intact(checkpoint, directory, newest=None):
       # DataLossError, depending on where the cut falls.
       if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         raise
+      if isinstance(e, ValueError) and _SHAPE_MISMATCH in str(e):
+        # An intact checkpoint of another model (the config changed since the run began):
+        # every older checkpoint has the same shapes, and calling them damaged would mislead.
+        raise CheckpointReadError(
+            f"{directory}: checkpoint {os.path.basename(path)} does not match the model "
+            f"built from the config (changed since this model_dir was trained? its config "
+            f"is {os.path.join(directory, 'pipeline.config')}; or use another --model_dir): "
+            f"{_first_line(e)[:300]}") from None
       logging.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path,
                       type(e).__name__, str(e).splitlines()[0][:200])
   if candidates:

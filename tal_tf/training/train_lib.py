@@ -463,12 +463,17 @@ class Trainer:
 
   def _train(self, evaluate_fn, after_loop_fn):
     train_config = self.config.train_config
-    if self.is_chief:
-      config_util.save_pipeline_config(self.config, self.model_dir)
-    else:
+    saved_config = os.path.join(self.model_dir, config_util.PIPELINE_CONFIG_NAME)
+    if self.is_chief and not tf.io.gfile.exists(saved_config):
+      config_util.save_pipeline_config(self.config, self.model_dir)  # A new run: at once.
+    if not self.is_chief:
       self._remove_write_dir()  # Left by a killed run.
     self.checkpoint_manager()
     self.restore()
+    if self.is_chief:
+      # A resumed run replaces the saved config only after the restore: a config whose model
+      # does not match the checkpoints stops there and must not replace their own config.
+      config_util.save_pipeline_config(self.config, self.model_dir)
     if self.is_chief:
       writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
     else:

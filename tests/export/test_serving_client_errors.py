@@ -83,3 +83,13 @@ def test_cli_with_the_server_down_prints_one_line(tmp_path):
   assert lines[-1].startswith("serving_client: error: 127.0.0.1:"), proc.stderr
   assert "gRPC UNAVAILABLE" in lines[-1]
   assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("define", ["serving_client", "infer_main"])
+def test_negative_window_steps_is_a_flag_error(define):
+  # Before, -5 was taken silently as "whole videos" (0).
+  from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  (client if define == "serving_client" else infer_main).define_flags(fv)
+  with pytest.raises(flags.IllegalFlagValueError, match="window_steps"):
+    fv([define, "--window_steps=-5"])

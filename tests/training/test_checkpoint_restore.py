@@ -13,8 +13,10 @@ from tal_tf.builders import model_builder
 from tal_tf.export import exporter_lib
 from tal_tf.training import checkpoint_util
 from tal_tf.training import run_lib
+from tal_tf.training import train_lib
 from tal_tf.utils import config_util
 from tests.export import tiny_model
+from tests.training.test_training import data  # pylint: disable=unused-import (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +89,23 @@ def test_export_names_a_checkpoint_of_another_config(tiny, tmp_path):
                      match=r"does not hold this model's variables \(it does not match the model "
                            r"built from the pipeline config.*incompatible tensor"):
     exporter_lib.build_detection_module(config, tiny["prefix"])
+
+
+def test_resuming_with_a_changed_model_keeps_the_runs_config(data, tmp_path):
+  # The config changed (wider layers) but the model_dir holds the old run: before, both
+  # intact checkpoints were called damaged, and the new config had already replaced the
+  # model_dir's pipeline.config, so the checkpoints no longer matched their own config.
+  model_dir = str(tmp_path / "run")
+  config = config_util.load_pipeline_config(data["config"],
+                                            "train_config { num_steps: 2 }")
+  train_lib.Trainer(config, model_dir).train()
+  saved = os.path.join(model_dir, "pipeline.config")
+  before = open(saved).read()
+  changed = config_util.load_pipeline_config(
+      data["config"], "train_config { num_steps: 4 } model { tal_net { num_filters: 16 } }")
+  with pytest.raises(checkpoint_util.CheckpointReadError,
+                     match=r"run: checkpoint ckpt-2 does not match the model built from the "
+                           r"config \(changed since this model_dir was trained\? its config "
+                           r"is .*run/pipeline\.config.*incompatible tensor"):
+    train_lib.Trainer(changed, model_dir).train()
+  assert open(saved).read() == before
