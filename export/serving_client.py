@@ -334,6 +334,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   result = run(flags.FLAGS)
   print(f"{len(result.detections)} videos -> {flags.FLAGS.output}")
+  if result.stats.get("empty_videos"):
+    print(f"{result.stats['empty_videos']} videos have no feature steps (empty feature "
+          "files?): written with no detections", file=sys.stderr)
   if result.skipped:
     print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
   return 0 if result.detections else 1

@@ -278,6 +278,9 @@ def main(argv):
   print(f"{len(result.detections)} videos -> {flags.FLAGS.output} "
         f"({stats.get('windows', 0)} windows in {stats.get('batches', 0)} batches, "
         f"{stats.get('seconds', 0.0):.1f} s)")
+  if stats.get("empty_videos"):
+    print(f"{stats['empty_videos']} videos have no feature steps (empty feature files?): "
+          "written with no detections", file=sys.stderr)
   if result.skipped:
     print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
   return 0 if result.detections else 1

@@ -1,6 +1,6 @@
-"""The label map that names detections in a results file: a --label_map that is missing or
-belongs to another model is an error before any inference, not results labelled
-'class_<id>' (or half of them) without a word."""
+"""What a results file says: a --label_map that is missing or belongs to another model is an
+error before any inference, not results labelled 'class_<id>' (or half of them) without a
+word; videos with no feature steps are counted."""
 
 import os
 
@@ -66,3 +66,20 @@ def test_matching_label_map_names_every_detection(exported, npy_features, tmp_pa
 def test_no_label_map_at_all_still_falls_back_to_ids(tmp_path):
   assert label_map_util.id_to_name_if_exists(None, num_classes=3) == {}
   assert label_map_util.id_to_name_if_exists(str(tmp_path / "absent.pbtxt")) == {}
+
+
+def test_videos_without_feature_steps_are_counted(exported, tmp_path):
+  # An empty feature file gives an empty result (documented: T = 0), counted for the
+  # summary rather than indistinguishable from a video where nothing was detected.
+  dirs = {}
+  for stream, values in tiny_model.random_features(30, seed=4).items():
+    dirs[stream] = str(tmp_path / stream)
+    os.makedirs(dirs[stream])
+    np.save(os.path.join(dirs[stream], "video_full.npy"), values)
+    np.save(os.path.join(dirs[stream], "video_empty.npy"), values[:0])
+  output = str(tmp_path / "results.json")
+  result = _run(exported, ",".join(f"{s}:{d}" for s, d in dirs.items()), output)
+  assert result.stats["empty_videos"] == 1
+  results = eval_io.load_results(output)
+  assert len(results["video_empty"]["scores"]) == 0
+  assert len(results["video_full"]["scores"]) > 0
