@@ -7,7 +7,8 @@
   (round-robin rather than contiguous blocks so that a file's slow parametrizations, usually
   adjacent, spread over shards). TEST_SHARD_STATUS_FILE is touched to tell Bazel sharding is
   supported. A shard left without items passes (pytest would exit 5, "no tests collected").
-- Results: JUnit XML to XML_OUTPUT_FILE; pytest's temporary directories under TEST_TMPDIR.
+- Results: JUnit XML to XML_OUTPUT_FILE; pytest's temporary directories (and matplotlib's
+  config dir, the home being read-only) under TEST_TMPDIR.
 - Runs from the runfiles copy of the workspace, so pytest.ini and the conftest.py files apply
   exactly as under `make test`.
 """
@@ -54,6 +55,10 @@ def main(argv):
     args.append("--junitxml=" + os.environ["XML_OUTPUT_FILE"])
   if os.environ.get("TEST_TMPDIR"):
     args.append("--basetemp=" + os.path.join(os.environ["TEST_TMPDIR"], "pytest"))
+    # The sandbox's home is read-only: matplotlib (imported by the evaluator and by Model
+    # Garden) would warn on stderr in every process, breaking the one-line error checks of the
+    # CLI tests. Its cache goes to the test's temp dir, inherited by the subprocesses.
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.environ["TEST_TMPDIR"], "matplotlib"))
 
   plugins = []
   shard = None

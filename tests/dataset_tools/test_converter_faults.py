@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from tal_tf.data import sequence_example
+from tests import cli_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_VIDEOS = 120
@@ -70,11 +71,8 @@ def _check_outputs(prefix, expected_ids):
 
 def _convert_in_process(command):
   """Runs the converter CLI's main in this process (TensorFlow is already imported here)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from tal_tf.dataset_tools import create_tfrecord  # pylint: disable=g-import-not-at-top
-  fv = flags.FlagValues()
-  create_tfrecord.define_flags(fv)
-  fv(["create_tfrecord"] + command[3:])
+  fv = cli_util.parse_flags(create_tfrecord, *command[3:])
   return create_tfrecord.convert_dataset(
       annotations_path=fv.annotations, output_prefix=fv.output, label_map_path=fv.label_map,
       feature_source=create_tfrecord.feature_source_from_flags(fv), num_shards=fv.num_shards,

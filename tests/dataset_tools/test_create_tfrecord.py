@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app
-from absl import flags
 
 from tal_tf.data import label_map_util
 from tal_tf.data import sequence_example
 from tal_tf.dataset_tools import create_tfrecord
 from tal_tf.dataset_tools import feature_readers
+from tests import cli_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 D_RGB, D_FLOW, FPS = 6, 4, 2.0
@@ -121,9 +121,7 @@ def _read_records(paths):
 
 def _run_flags(argv):
   """Parses converter flags in-process (fresh FlagValues) and converts; -> summary."""
-  fv = flags.FlagValues()
-  create_tfrecord.define_flags(fv)
-  fv(["create_tfrecord"] + argv)
+  fv = cli_util.parse_flags(create_tfrecord, *argv)
   source = create_tfrecord.feature_source_from_flags(fv)
   return create_tfrecord.convert_dataset(
       annotations_path=fv.annotations, output_prefix=fv.output, label_map_path=fv.label_map,
@@ -329,14 +327,11 @@ def test_progress_lines_and_flag_errors(tmp_path):
   lines = stream.getvalue().strip().splitlines()
   assert len(lines) == 3 and "3/3 videos" in lines[-1] and "videos/s" in lines[-1]
 
-  fv = flags.FlagValues()
-  create_tfrecord.define_flags(fv)
-  fv(["x", f"--features=rgb:{concat}", f"--concat_features={concat}"])
+  fv = cli_util.parse_flags(create_tfrecord, f"--features=rgb:{concat}",
+                            f"--concat_features={concat}")
   with pytest.raises(app.UsageError, match="exactly one of"):
     create_tfrecord.feature_source_from_flags(fv)
-  fv = flags.FlagValues()
-  create_tfrecord.define_flags(fv)
-  fv(["x", f"--concat_features={concat}"])
+  fv = cli_util.parse_flags(create_tfrecord, f"--concat_features={concat}")
   with pytest.raises(app.UsageError, match="needs --stream_dims"):
     create_tfrecord.feature_source_from_flags(fv)
   with pytest.raises(ValueError, match="subset \\['training'\\] not found"):

@@ -4,12 +4,12 @@ import os
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tal_tf.export import exporter_lib
+from tests import cli_util
 from tests import fault_util
 from tests.export import cli_loader
 from tests.export import tiny_model
@@ -41,11 +41,10 @@ def _assert_versions_complete(base):
 
 def _export(exported, base, *extra):
   cli = cli_loader.load_exporter_cli()
-  fv = flags.FlagValues()
-  cli.define_flags(fv)
-  fv(["export", f"--pipeline_config={exported['config_path']}",
+  fv = cli_util.parse_flags(
+      cli, f"--pipeline_config={exported['config_path']}",
       f"--trained_checkpoint_dir={exported['checkpoint']}", f"--output_directory={base}",
-      *extra])
+      *extra)
   return cli.run(fv)
 
 

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +17,7 @@ from tal_tf.data import label_map_util
 from tal_tf.data import sequence_example
 from tal_tf.export import exporter_lib
 from tal_tf.utils import config_util
+from tests import cli_util
 from tests.export import cli_loader
 from tests.export import tiny_model
 
@@ -237,12 +237,10 @@ def test_cli_refuses_to_overwrite_unless_asked(exported, tmp_path, capsys):
   cli = cli_loader.load_exporter_cli()
 
   def flag_values(*extra):
-    fv = flags.FlagValues()
-    cli.define_flags(fv)
-    fv(["export", f"--pipeline_config={exported['config_path']}",
+    return cli_util.parse_flags(
+        cli, f"--pipeline_config={exported['config_path']}",
         f"--trained_checkpoint_dir={exported['checkpoint']}",
-        f"--output_directory={base}", *extra])
-    return fv
+        f"--output_directory={base}", *extra)
 
   with pytest.raises(exporter_lib.ExportError, match="version 1 already exists.*--overwrite"):
     cli.run(flag_values("--model_version=1"))

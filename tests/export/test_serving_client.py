@@ -11,7 +11,6 @@ import json
 import os
 import threading
 
-from absl import flags
 import grpc
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tal_tf.evaluation import io as eval_io
 from tal_tf.export import exporter_lib
+from tests import cli_util
 from tests.export import cli_loader
 from tests.export import tiny_model
 
@@ -147,10 +147,7 @@ def _write_npy_features(root, lengths):
 
 
 def _client_flags(*args):
-  fv = flags.FlagValues()
-  client.define_flags(fv)
-  fv(["serving_client", *args])
-  return fv
+  return cli_util.parse_flags(client, *args)
 
 
 def _expected_results(served, features_dir_flag, lengths, fps):
@@ -254,12 +251,11 @@ def test_rest_client_with_windows_matches_offline_inference(served, tmp_path):
   assert result.stats["windows"] == 3  # starts 0, 24, 38 (end-aligned)
   # The offline CLI on the same SavedModel and windows gives the same JSON.
   from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
-  fv = flags.FlagValues()
-  infer_main.define_flags(fv)
   offline = str(tmp_path / "offline.json")
-  fv(["infer", f"--saved_model_dir={served['export_dir']}", f"--features={features}",
+  fv = cli_util.parse_flags(
+      infer_main, f"--saved_model_dir={served['export_dir']}", f"--features={features}",
       "--feature_fps=1.0", f"--output={offline}", "--window_steps=32",
-      "--window_overlap=0.25", "--nms_iou_threshold=0.5", "--batch_size=3"])
+      "--window_overlap=0.25", "--nms_iou_threshold=0.5", "--batch_size=3")
   infer_main.run(fv)
   with open(output) as a, open(offline) as b:
     assert json.load(a) == json.load(b)

@@ -10,6 +10,7 @@ from tal_tf.builders import model_builder
 from tal_tf.data import label_map_util
 from tal_tf.export import exporter_lib
 from tal_tf.utils import config_util
+from tests import cli_util
 
 STREAM_DIMS = {"rgb": 12, "flow": 8}
 CLASS_NAMES = ("Jump", "Run", "Throw")
@@ -117,15 +118,13 @@ def export_tiny(root, stream_dims=None):
   """Writes the tiny pipeline (stream_dims, default STREAM_DIMS) and its checkpoint under
   `root` and exports it through the exporter CLI's `run`; returns (config_path, checkpoint
   prefix, export_dir)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from tests.export import cli_loader  # pylint: disable=g-import-not-at-top
   config_path = write_pipeline(root, stream_dims=stream_dims)
   prefix = write_checkpoint(config_path, os.path.join(root, "train"), stream_dims=stream_dims)
   exporter_cli = cli_loader.load_exporter_cli()
-  fv = flags.FlagValues()
-  exporter_cli.define_flags(fv)
-  fv(["export_saved_model",
+  fv = cli_util.parse_flags(
+      exporter_cli,
       f"--pipeline_config={config_path}",
       f"--trained_checkpoint_dir={os.path.join(root, 'train')}",
-      f"--output_directory={os.path.join(root, 'serving')}"])
+      f"--output_directory={os.path.join(root, 'serving')}")
   return config_path, prefix, exporter_cli.run(fv)

@@ -6,7 +6,6 @@ import json
 import os
 
 from absl import app
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,6 +21,7 @@ from tal_tf.inference import inference_lib
 from tal_tf.inference import video_source
 from tal_tf.utils import config_util
 from tal_tf.video import synthetic
+from tests import cli_util
 
 H, W = 36, 40
 FRAME_FPS, FEATURE_FPS = 4.0, 2.0
@@ -55,10 +55,7 @@ eval_input_reader {{ {features} shuffle: false repeat: false }}
 
 
 def _flags(*args):
-  fv = flags.FlagValues()
-  infer_main.define_flags(fv)
-  fv(["prog", *args])
-  return fv
+  return cli_util.parse_flags(infer_main, *args)
 
 
 @pytest.fixture(scope="module")

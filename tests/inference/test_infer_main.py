@@ -4,7 +4,6 @@ import json
 import os
 
 from absl import app
-from absl import flags
 import h5py
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from tal_tf.dataset_tools import feature_readers
 from tal_tf.inference import infer_main
 from tal_tf.inference import inference_lib
 from tal_tf.inference import windowing
+from tests import cli_util
 from tests.export import tiny_model
 
 NAMES = {1: "Jump", 2: "Run", 3: "Throw"}
@@ -24,10 +24,7 @@ FPS = 2.0
 
 
 def _flags(*args):
-  fv = flags.FlagValues()
-  infer_main.define_flags(fv)
-  fv(["infer_main", *args])
-  return fv
+  return cli_util.parse_flags(infer_main, *args)
 
 
 @pytest.fixture(scope="module")

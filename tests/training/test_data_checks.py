@@ -9,42 +9,20 @@ import pytest
 from tal_tf.data import data_checks
 from tal_tf.data import label_map_util
 from tal_tf.data import sequence_example
-from tal_tf.dataset_tools import create_tfrecord
-from tal_tf.dataset_tools import feature_readers
-from tal_tf.dataset_tools import synthetic_thumos
 from tal_tf.training import run_lib
 from tal_tf.training import train_lib
-from tal_tf.utils import config_util
+from tests import toy_records
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
-NUM_CLASSES = 20  # synthetic_thumos's classes, the toy config's num_classes
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data_checks")
-  paths = synthetic_thumos.generate_dataset(
-      str(root / "data"), subsets=("validation",), num_videos=2,
-      stream_dims={"rgb": 6, "flow": 4}, feature_fps=1.0, seed=0)
-  source = feature_readers.NpyDirSource(paths["features"], None)
-  create_tfrecord.convert_dataset(
-      paths["annotations"], str(root / "train"), paths["label_map"], source,
-      subset="validation", num_shards=2, feature_fps=1.0, ignore_classes=("Ambiguous",),
-      progress_stream=None)
-  return dict(root=root, train=str(root / "train-*.tfrecord"), label_map=paths["label_map"],
-              files=sorted(str(p) for p in root.glob("train-*.tfrecord")))
+  return toy_records.make_records(tmp_path_factory.mktemp("data_checks"), num_videos=2,
+                                  num_shards=2)
 
 
 def _config(records, override=""):
-  config = config_util.load_pipeline_config(TOY_CONFIG, override)
-  reader = config.train_input_reader
-  del reader.input_path[:]
-  reader.input_path.append(records["train"])
-  reader.label_map_path = records["label_map"]
-  for name in ("eval_input_reader",):
-    config.ClearField(name)
-  return config
+  return toy_records.toy_config(records, override)
 
 
 def _trainer_error(config, tmp_path):
@@ -58,15 +36,15 @@ def _trainer_error(config, tmp_path):
 
 def test_matching_config_passes(records, tmp_path):
   trainer = train_lib.Trainer(_config(records), str(tmp_path / "m"))
-  assert trainer.model.num_classes == NUM_CLASSES
+  assert trainer.model.num_classes == toy_records.NUM_CLASSES
 
 
-@pytest.mark.parametrize("num_classes", [NUM_CLASSES - 1, 3])
+@pytest.mark.parametrize("num_classes", [toy_records.NUM_CLASSES - 1, 3])
 def test_label_map_ids_beyond_num_classes(records, tmp_path, num_classes):
   config = _config(records, f'model {{ external {{ params {{ key: "num_classes" value: '
                             f'"{num_classes}" }} }} }}')
   message, seconds = _trainer_error(config, tmp_path)
-  beyond = list(range(num_classes + 1, NUM_CLASSES + 1))
+  beyond = list(range(num_classes + 1, toy_records.NUM_CLASSES + 1))
   assert message.startswith(f"{records['label_map']}: label map ids ")
   assert str(beyond[:8])[1:-1] in message
   assert f"exceed model.external.num_classes = {num_classes}" in message

@@ -9,47 +9,30 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tal_tf.dataset_tools import create_tfrecord
-from tal_tf.dataset_tools import feature_readers
-from tal_tf.dataset_tools import synthetic_thumos
 from tal_tf.training import checkpoint_util
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
 from tests import fault_util
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
+from tests import toy_records
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-  root = tmp_path_factory.mktemp("faults")
-  paths = synthetic_thumos.generate_dataset(
-      str(root / "data"), subsets=("validation",), num_videos=4,
-      stream_dims={"rgb": 6, "flow": 4}, feature_fps=1.0, seed=0)
-  source = feature_readers.NpyDirSource(paths["features"], None)
-  create_tfrecord.convert_dataset(
-      paths["annotations"], str(root / "train"), paths["label_map"], source,
-      subset="validation", num_shards=2, feature_fps=1.0, ignore_classes=("Ambiguous",),
-      progress_stream=None)
-  files = sorted(glob.glob(str(root / "train-*.tfrecord")))
+  records = toy_records.make_records(tmp_path_factory.mktemp("faults"), num_videos=4,
+                                     num_shards=2)
+  root, files = records["root"], records["files"]
   # A shard whose tail is cut off (its first record reads, the rest is damaged); only the
   # test that skips damaged files reads it.
-  damaged = str(root / "damaged.tfrecord")
+  damaged = os.path.join(root, "damaged.tfrecord")
   with open(files[0], "rb") as f:
     data = f.read()
   with open(damaged, "wb") as f:
     f.write(data[:len(data) - 9])
-  return dict(root=root, train=str(root / "train-*.tfrecord"), files=files, damaged=damaged,
-              label_map=paths["label_map"])
+  return dict(records, damaged=damaged)
 
 
 def _config(records, override=""):
-  config = config_util.load_pipeline_config(TOY_CONFIG, override)
-  config.ClearField("eval_input_reader")
-  reader = config.train_input_reader
-  reader.input_path[:] = [records["train"]]
-  reader.label_map_path = records["label_map"]
+  config = toy_records.toy_config(records, override)
   config.train_config.steps_per_loop = 1
   config.train_config.checkpoint_every_n_steps = 2
   return config
@@ -129,7 +112,7 @@ def test_trainer_killed_at_random_points_keeps_checkpoints_readable(records, tmp
   cmd = [sys.executable, "-m", "train_main", f"--pipeline_config={config_path}",
          f"--model_dir={model_dir}", "--mode=train", f"--num_train_steps={target}",
          "--config_override=train_config { checkpoint_every_n_steps: 1 steps_per_loop: 1 }"]
-  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(os.environ, PYTHONPATH=toy_records.REPO, TF_CPP_MIN_LOG_LEVEL="2")
   lock = os.path.join(model_dir, checkpoint_util.LOCK_NAME)
   step = 0
   for attempt in range(2):

@@ -15,6 +15,7 @@ The machine may be heavily loaded: step counts are tiny and timeouts generous.
 import collections
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,7 +112,14 @@ def _wait(procs, out, run, timeout=TIMEOUT):
 
 
 def _steps(dump_dir):
-  return {int(os.path.basename(p)[5:-4]): p for p in glob.glob(str(dump_dir / "step-*.npz"))}
+  """{step: path} of the replica's weight dumps (not the temporary file of a dump that a
+  SIGKILL interrupted: step-<N>.npz.tmp.npz)."""
+  steps = {}
+  for path in glob.glob(str(dump_dir / "step-*.npz")):
+    match = re.fullmatch(r"step-(\d+)\.npz", os.path.basename(path))
+    if match:
+      steps[int(match.group(1))] = path
+  return steps
 
 
 def _weights(path):

@@ -9,37 +9,21 @@ import tensorflow as tf
 
 from tal_tf.builders import train_phase_builder
 from tal_tf.core.standard_fields import InputFields
-from tal_tf.dataset_tools import create_tfrecord
-from tal_tf.dataset_tools import feature_readers
-from tal_tf.dataset_tools import synthetic_thumos
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
+from tests import toy_records
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOY_CONFIG = os.path.join(REPO, "tests", "contract", "toy_model.config")
 
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-  root = tmp_path_factory.mktemp("phases")
-  paths = synthetic_thumos.generate_dataset(
-      str(root / "data"), subsets=("validation",), num_videos=3,
-      stream_dims={"rgb": 6, "flow": 4}, feature_fps=1.0, seed=0)
-  source = feature_readers.NpyDirSource(paths["features"], None)
-  create_tfrecord.convert_dataset(
-      paths["annotations"], str(root / "train"), paths["label_map"], source,
-      subset="validation", num_shards=1, feature_fps=1.0, ignore_classes=("Ambiguous",),
-      progress_stream=None)
-  return dict(train=str(root / "train-*.tfrecord"), label_map=paths["label_map"])
+  return toy_records.make_records(tmp_path_factory.mktemp("phases"), num_videos=3,
+                                  num_shards=1)
 
 
 def _config(records, override=""):
-  config = config_util.load_pipeline_config(TOY_CONFIG, override)
-  config.ClearField("eval_input_reader")
+  config = toy_records.toy_config(records, override)
   reader = config.train_input_reader
-  del reader.input_path[:]
-  reader.input_path.append(records["train"])
-  reader.label_map_path = records["label_map"]
   reader.shuffle = False
   return config
 

@@ -43,24 +43,27 @@ def _cases(work):
     f.write('{"database": {}}')
   with open(os.path.join(work, "results.json"), "w") as f:
     f.write("not json")
-  train = os.path.join(REPO, "train_main.py")
   py_m = lambda module: ["-m", module]  # pylint: disable=unnecessary-lambda-assignment
+  # `-m train_main` with the checkout on PYTHONPATH, not the script's path: Python resolves a
+  # script's symlinks for sys.path[0], and under `bazel test` the script is a runfiles symlink
+  # into the source tree, whose tal_tf would shadow the one Bazel built.
+  train = "-m", "train_main"
   return {
       "train_bad_number": (
-          [train, f"--pipeline_config={configs['bad_lr']}", f"--model_dir={work}/m"], 2,
+          [*train, f"--pipeline_config={configs['bad_lr']}", f"--model_dir={work}/m"], 2,
           [f"{configs['bad_lr']}: field train_config.optimizer.learning_rate.constant."
            "learning_rate: must be > 0, got -0.1"]),
       "train_data_mismatch": (
-          [train, f"--pipeline_config={configs['bad_dim']}", f"--model_dir={work}/m2"], 2,
+          [*train, f"--pipeline_config={configs['bad_dim']}", f"--model_dir={work}/m2"], 2,
           [f"{records}: stream 'rgb' has dim 3 in the records (video 'v1'), but "
            "train_input_reader.streams[0].dim is 5"]),
       "train_missing_flag": (
-          [train, f"--model_dir={work}/m"], 2, ["--pipeline_config", "must have a value"]),
+          [*train, f"--model_dir={work}/m"], 2, ["--pipeline_config", "must have a value"]),
       "train_unknown_flag": (
-          [train, "--pipeline_config=x", "--model_dir=y", "--num_train_step=3"], 2,
+          [*train, "--pipeline_config=x", "--model_dir=y", "--num_train_step=3"], 2,
           ["num_train_step"]),
       "train_zero_steps_flag": (
-          [train, "--pipeline_config=x", "--model_dir=y", "--num_train_steps=0"], 2,
+          [*train, "--pipeline_config=x", "--model_dir=y", "--num_train_steps=0"], 2,
           ["--num_train_steps=0", "not a positive integer"]),
       "infer_nan_flag": (
           py_m("tal_tf.inference.infer_main") + [

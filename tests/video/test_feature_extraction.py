@@ -4,7 +4,6 @@ import json
 import math
 import os
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,6 +12,7 @@ import tf_keras
 from tal_tf.dataset_tools import extract_features
 from tal_tf.video import decoding
 from tal_tf.video import feature_extraction as fe
+from tests import cli_util
 
 TINY = dict(backbone="resnet", model_id=18, depth_multiplier=0.03125, random_init=True)
 SIZE = 32
@@ -103,10 +103,7 @@ def test_flow_images_follow_the_motion():
 
 
 def _cli(*args):
-  fv = flags.FlagValues()
-  extract_features.define_flags(fv)
-  fv(["extract_features", *args])
-  return fv
+  return cli_util.parse_flags(extract_features, *args)
 
 
 def test_cli_writes_resumes_and_skips(videos, tmp_path):

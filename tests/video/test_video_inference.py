@@ -4,7 +4,6 @@ import json
 import os
 import types
 
-from absl import flags
 import numpy as np
 import pytest
 
@@ -15,16 +14,14 @@ from tal_tf.inference import infer_main
 from tal_tf.inference import video_source
 from tal_tf.video import feature_extraction as fe
 from tal_tf.video import synthetic
+from tests import cli_util
 from tests.export import tiny_model
 
 DIMS = {"rgb": 16, "flow": 16}  # Model Garden ResNet-18 at depth_multiplier 1/32.
 
 
 def _flags(module, *args):
-  fv = flags.FlagValues()
-  module.define_flags(fv)
-  fv(["prog", *args])
-  return fv
+  return cli_util.parse_flags(module, *args)
 
 
 @pytest.fixture(scope="module")
