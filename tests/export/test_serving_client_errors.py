@@ -15,6 +15,7 @@ import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from export import serving_client as client
+from tests import cli_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,9 +60,7 @@ def test_grpc_server_refusing_the_call_is_a_serving_error():
 
 
 def test_timeout_must_be_positive():
-  fv = flags.FlagValues()
-  client.define_flags(fv)
-  fv(["serving_client", "--rest_url=http://127.0.0.1:1", "--timeout=0"])
+  fv = cli_util.parse_flags(client, "--rest_url=http://127.0.0.1:1", "--timeout=0")
   with pytest.raises(app.UsageError, match=r"--timeout: must be > 0 seconds, got 0\.0"):
     client.make_predictor(fv)
 
@@ -89,7 +88,6 @@ def test_cli_with_the_server_down_prints_one_line(tmp_path):
 def test_negative_window_steps_is_a_flag_error(define):
   # Before, -5 was taken silently as "whole videos" (0).
   from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
-  fv = flags.FlagValues()
-  (client if define == "serving_client" else infer_main).define_flags(fv)
   with pytest.raises(flags.IllegalFlagValueError, match="window_steps"):
-    fv([define, "--window_steps=-5"])
+    cli_util.parse_flags(client if define == "serving_client" else infer_main,
+                         "--window_steps=-5")

@@ -10,8 +10,8 @@ import pytest
 from tal_tf.data import label_map_util
 from tal_tf.evaluation import io as eval_io
 from tal_tf.inference import infer_main
+from tests import cli_util
 from tests.export import tiny_model
-from tests.inference.test_infer_main import _flags  # pylint: disable=g-importing-member
 
 FPS = 2.0
 
@@ -28,9 +28,9 @@ def npy_features(tmp_path_factory):
 
 
 def _run(exported, npy_features, output, *extra):
-  return infer_main.run(_flags(f"--saved_model_dir={exported['export_dir']}",
-                               f"--features={npy_features}", f"--feature_fps={FPS}",
-                               f"--output={output}", *extra))
+  return infer_main.run(cli_util.parse_flags(
+      infer_main, f"--saved_model_dir={exported['export_dir']}", f"--features={npy_features}",
+      f"--feature_fps={FPS}", f"--output={output}", *extra))
 
 
 def test_missing_label_map_flag_is_an_error(exported, npy_features, tmp_path):

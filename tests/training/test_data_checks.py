@@ -166,5 +166,5 @@ def test_label_map_naming_ids_otherwise_than_the_records(records, tmp_path):
   assert seconds < 30
   # Each id's name in the message is the reversed map's, the class is the records' own.
   label_id = int(message.split(" with id ")[1].split(",")[0])
-  assert f"names id {label_id} {names[NUM_CLASSES - label_id]!r}" in message
+  assert f"names id {label_id} {names[toy_records.NUM_CLASSES - label_id]!r}" in message
   assert f"class {names[label_id - 1]!r} with id {label_id}" in message
