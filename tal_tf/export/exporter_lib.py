@@ -701,11 +701,19 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
     label_map_path: label map copied beside the model (default the input readers').
   """
   checkpoint = resolve_checkpoint(trained_checkpoint)
+  created = not os.path.isdir(output_directory)
   os.makedirs(output_directory, exist_ok=True)
-  recover_interrupted_exports(output_directory)
-  version = choose_version(output_directory, model_version, overwrite)
-  label_map = _label_map_source(config, label_map_path)
-  module = build_detection_module(config, checkpoint, max_detections=max_detections)
+  try:
+    recover_interrupted_exports(output_directory)
+    version = choose_version(output_directory, model_version, overwrite)
+    label_map = _label_map_source(config, label_map_path)
+    module = build_detection_module(config, checkpoint, max_detections=max_detections)
+  except Exception:
+    # A bad checkpoint or config leaves no empty model base path (which TF Serving, pointed
+    # at it, would report as a model without versions).
+    if created and not os.listdir(output_directory):
+      os.rmdir(output_directory)
+    raise
 
   final_dir = os.path.join(output_directory, str(version))
   # A name TF Serving ignores (not all digits) while the version is incomplete; the pid

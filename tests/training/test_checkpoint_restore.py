@@ -79,6 +79,10 @@ def test_a_truncated_checkpoint_is_one_line_naming_it(tiny, tmp_path):
   # Export and checkpoint inference (CheckpointDetector) restore through exporter_lib.
   with pytest.raises(exporter_lib.ExportError, match=pattern):
     exporter_lib.build_detection_module(tiny["config"], damaged)
+  serving = tmp_path / "serving"
+  with pytest.raises(exporter_lib.ExportError, match=pattern):
+    exporter_lib.export_saved_model(tiny["config"], damaged, str(serving))
+  assert not serving.exists()   # No empty model base path left behind.
 
 
 def test_export_names_a_checkpoint_of_another_config(tiny, tmp_path):
