@@ -90,7 +90,8 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("proposals_output", None, "Optional proposals JSON (no labels).",
                       flag_values=fv)
   flags.DEFINE_string("label_map", None, "Label map for class names (default: the one "
-                      "exported beside the model, else the config's).", flag_values=fv)
+                      "exported beside the model, else the config's); must name exactly the "
+                      "model's class ids.", flag_values=fv)
   flags.DEFINE_integer("window_steps", None, "Window length in feature steps (0 = whole "
                        "video; default export_config.inference_window_steps).", lower_bound=0,
                        flag_values=fv)
