@@ -182,6 +182,7 @@ def run_evaluation(annotations, results, subset=None, protocol="activitynet",
       raise ValueError(f"--threshold_results: {theta} is not an evaluated threshold "
                        f"({', '.join(f'{t:g}' for t in thr)})")
     per_threshold[theta] = eval_io.load_results(path, require_labels=True)
+    eval_io.check_results_match_annotations(gt, per_threshold[theta], annotations, path, subset)
   metrics = evaluator.detection_metrics_per_threshold(score, thr, res, per_threshold)
   metrics["annotations"], metrics["results"], metrics["subset"] = annotations, results, subset
   metrics["reported_thresholds"] = np.asarray(reported)

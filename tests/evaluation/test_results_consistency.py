@@ -73,6 +73,9 @@ def test_results_naming_no_annotated_video_are_an_error(gt_path, tmp_path):
     _evaluate(gt_path, path)
   with pytest.raises(eval_io.EvaluationFormatError, match="none of its 2 video ids"):
     _evaluate(gt_path, path, proposals=True)
+  good = _write(tmp_path / "good.json", json.dumps({"results": DETECTIONS}))
+  with pytest.raises(eval_io.EvaluationFormatError, match=r"renamed\.json'.*none of its"):
+    _evaluate(gt_path, good, threshold_results={0.5: path})
 
 
 def test_partial_mismatches_are_counted_and_reported(gt_path, tmp_path):
