@@ -111,7 +111,8 @@ def build_rest_request(inputs, signature_name=SERVING_SIGNATURE):
 
 
 class ServingError(RuntimeError):
-  """The server answered with an error (HTTP status or TF Serving's own error body)."""
+  """The server answered with an error (HTTP status, gRPC status or TF Serving's own error
+  body), or cannot be reached."""
 
 
 _INT_OUTPUTS = ("detection_classes", "num_detections", "num_proposals")
@@ -156,16 +157,31 @@ class GrpcPredictor:
     from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
     options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+    self._grpc = grpc
     self._channel = grpc.insecure_channel(server, options=options)
     self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+    self.server = server
     self.model_name = model_name
     self.model_version = model_version
     self.timeout = timeout
 
+  def _call(self, method, request):
+    """One RPC; a failed call (server down, unknown model, deadline) -> ServingError naming
+    the server, the model and the status, as RestPredictor does for HTTP."""
+    try:
+      return getattr(self._stub, method)(request, timeout=self.timeout)
+    except self._grpc.RpcError as e:
+      code = e.code() if hasattr(e, "code") else None
+      details = e.details() if hasattr(e, "details") else str(e)
+      status = code.name if code is not None else "error"
+      raise ServingError(
+          f"{self.server} ({method} of model {self.model_name!r}): gRPC {status}: "
+          f"{' '.join(str(details).split())}") from None
+
   def predict(self, inputs, signature_name=SERVING_SIGNATURE):
     """{input: array} -> {output: array} through one Predict RPC."""
     request = build_predict_request(inputs, self.model_name, signature_name, self.model_version)
-    return parse_predict_response(self._stub.Predict(request, timeout=self.timeout))
+    return parse_predict_response(self._call("Predict", request))
 
   def signature_def_map(self):
     """SignatureDefMap of the served model (GetModelMetadata RPC)."""
@@ -175,7 +191,7 @@ class GrpcPredictor:
     if self.model_version is not None:
       request.model_spec.version.value = int(self.model_version)
     request.metadata_field.append("signature_def")
-    response = self._stub.GetModelMetadata(request, timeout=self.timeout)
+    response = self._call("GetModelMetadata", request)
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(sig_map)
     return sig_map
@@ -264,7 +280,7 @@ def define_flags(flag_values=flags.FLAGS):
                       "<version>/label_map.pbtxt).", flag_values=fv)
   flags.DEFINE_string("output", None, "Results JSON to write.", flag_values=fv)
   flags.DEFINE_integer("window_steps", 0, "Window length in steps (0 = whole videos).",
-                       flag_values=fv)
+                       lower_bound=0, flag_values=fv)
   flags.DEFINE_float("window_overlap", 0.25, "Overlap of consecutive windows.",
                      flag_values=fv)
   flags.DEFINE_float("nms_iou_threshold", 0.7, "tIoU of the per-class NMS merging windows "
@@ -277,6 +293,8 @@ def make_predictor(fv):
   """GrpcPredictor or RestPredictor from --server / --rest_url."""
   if bool(fv.server) == bool(fv.rest_url):
     raise app.UsageError("give exactly one of --server (gRPC) or --rest_url (REST)")
+  if not fv.timeout > 0:
+    raise app.UsageError(f"--timeout: must be > 0 seconds, got {fv.timeout}")
   if fv.server:
     return GrpcPredictor(fv.server, fv.model_name, fv.model_version, fv.timeout)
   return RestPredictor(fv.rest_url, fv.model_name, fv.model_version, fv.timeout)
@@ -291,6 +309,7 @@ def run(fv, predictor=None):
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
     raise app.UsageError("--output is required")
+  names = label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
   predictor = predictor or make_predictor(fv)
   try:
     detector = ServingDetector(predictor)
@@ -305,7 +324,6 @@ def run(fv, predictor=None):
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
   finally:
     predictor.close()
-  names = label_map_util.id_to_name_if_exists(fv.label_map)
   eval_io.write_results(fv.output, inference_lib.to_results(result.detections, names))
   return result
 
@@ -316,6 +334,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   result = run(flags.FLAGS)
   print(f"{len(result.detections)} videos -> {flags.FLAGS.output}")
+  if result.stats.get("empty_videos"):
+    print(f"{result.stats['empty_videos']} videos have no feature steps (empty feature "
+          "files?): written with no detections", file=sys.stderr)
   if result.skipped:
     print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
   return 0 if result.detections else 1

@@ -58,7 +58,7 @@ def first_record(path):
 
 
 def check_first_records(file_patterns, stream_dims, num_classes=None, field="input_reader",
-                        skip_corrupt=False):
+                        skip_corrupt=False, id_to_name=None):
   """Checks the first record of every file matched by `file_patterns` against the config.
 
   Args:
@@ -68,6 +68,10 @@ def check_first_records(file_patterns, stream_dims, num_classes=None, field="inp
     field: the reader's config field name for messages (e.g. 'train_input_reader').
     skip_corrupt: pass over files whose first record cannot be read (the reader skips
       damaged files then) instead of failing.
+    id_to_name: {id: class name} of the reader's label map, or None. The records carry each
+      segment's class name beside its id; a label map that names an id otherwise (records
+      converted with another label map) would train and report every class under a wrong
+      name, so it is refused.
   Returns:
     the number of files whose first record was checked.
   """
@@ -88,12 +92,12 @@ def check_first_records(file_patterns, stream_dims, num_classes=None, field="inp
           "damaged files") from None
     if record is None:
       continue
-    _check_record(path, record, stream_dims, num_classes, field)
+    _check_record(path, record, stream_dims, num_classes, field, id_to_name)
     checked += 1
   return checked
 
 
-def _check_record(path, record, stream_dims, num_classes, field):
+def _check_record(path, record, stream_dims, num_classes, field, id_to_name=None):
   try:
     example = tf.train.SequenceExample.FromString(record)
   except Exception:  # pylint: disable=broad-except  (protobuf's DecodeError varies by backend)
@@ -131,6 +135,23 @@ def _check_record(path, record, stream_dims, num_classes, field):
       raise DataMismatchError(
           f"{path}: video {video!r} has label ids {bad} outside 1..{num_classes} (the "
           f"model's num_classes; {field} reads these records)")
+  if id_to_name is not None:
+    _check_label_names(path, context, video, id_to_name, field)
+
+
+def _check_label_names(path, context, video, id_to_name, field):
+  """Each segment's (id, class name) in the record must agree with the label map."""
+  ids = context[SEF.segment_label].int64_list.value if SEF.segment_label in context else []
+  texts = context[SEF.segment_label_text].bytes_list.value \
+      if SEF.segment_label_text in context else []
+  texts = [t.decode("utf-8", "replace") for t in texts]
+  for label_id, text in zip(ids, texts):
+    name = id_to_name.get(int(label_id))
+    if name is not None and name != text:
+      raise DataMismatchError(
+          f"{path}: video {video!r} has a segment of class {text!r} with id {label_id}, but "
+          f"{field}.label_map_path names id {label_id} {name!r}; the records were converted "
+          "with another label map (convert again, or point label_map_path at that one)")
 
 
 def _check_frames(path, example, video, stream, spec, where):

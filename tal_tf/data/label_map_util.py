@@ -260,15 +260,36 @@ def get_id_to_name(path_or_items):
   return {it.id: it.name for it in _load(path_or_items)}
 
 
-def id_to_name_if_exists(path):
+def id_to_name_if_exists(path, num_classes=None, flag=None):
   """{id: name} of the label map at `path`, or {} (with a warning) when there is none, so
-  results name classes `class_<id>`."""
+  results name classes `class_<id>`.
+
+  The map names detections in results files, where a wrong or partial map is a silent wrong
+  answer, so: `flag` says the user named `path` with that flag (a missing file is then a
+  LabelMapError, not a fallback), and with `num_classes` (the model's) the map must name
+  exactly the ids 1..num_classes."""
   if path and os.path.isfile(path):
-    return get_id_to_name(path)
+    id_to_name = get_id_to_name(path)
+    if num_classes is not None:
+      missing = sorted(set(range(1, int(num_classes) + 1)) - set(id_to_name))
+      extra = sorted(set(id_to_name) - set(range(1, int(num_classes) + 1)))
+      if missing or extra:
+        what = (f"names no class for ids {_first(missing)}" if missing
+                else f"has ids {_first(extra)} beyond")
+        raise LabelMapError(
+            f"{flag + ' ' if flag else ''}{path}: label map {what} the model's classes "
+            f"1..{int(num_classes)}; it is not the label map of this model")
+    return id_to_name
+  if path and flag:
+    raise LabelMapError(f"{flag}: label map {path!r} does not exist")
   import logging  # pylint: disable=g-import-not-at-top
   logging.getLogger("tal_tf").warning("no label map found (%s): classes are written as "
                                       "class_<id>", path)
   return {}
+
+
+def _first(ids, limit=8):
+  return str(ids[:limit])[:-1] + (", ...]" if len(ids) > limit else "]")
 
 
 def get_num_classes(path_or_items):

@@ -80,15 +80,36 @@ def check_label(value, path, video_id, field):
   return value
 
 
+class _DuplicateKeyError(ValueError):
+  """A key repeated inside one JSON object (raised by the object hook, reported by read_json)."""
+
+
+def _unique_keys(pairs):
+  """json object_pairs_hook: a dict, refusing a key given twice. Python's json keeps only the
+  last value of a repeated key, so a results file listing a video twice would silently lose
+  the first list of detections (and an annotation file a video's first entry)."""
+  out = {}
+  for key, value in pairs:
+    if key in out:
+      raise _DuplicateKeyError(key)
+    out[key] = value
+  return out
+
+
 def read_json(path, what="annotations"):
-  """Loads a JSON file; MissingFileError / AnnotationError name the file."""
+  """Loads a JSON file; MissingFileError / AnnotationError name the file. A key repeated in
+  one object (e.g. a video id listed twice) is an error, not a silent overwrite."""
   if not os.path.isfile(path):
     raise MissingFileError(f"{what} file '{path}' does not exist")
   with open(path, "r", encoding="utf-8") as f:
     try:
-      return json.load(f)
+      return json.load(f, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
       raise AnnotationError(f"file '{path}': not valid JSON ({e})") from None
+    except _DuplicateKeyError as e:
+      raise AnnotationError(
+          f"file '{path}': key {e.args[0]!r} appears twice in one JSON object (JSON readers "
+          "keep only the last value); merge the two entries") from None
 
 
 def check_database(data, path="<memory>", require_annotations=False):

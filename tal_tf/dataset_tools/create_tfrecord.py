@@ -37,6 +37,7 @@ import time
 from absl import app
 from absl import flags
 
+from tal_tf.core.standard_fields import SequenceExampleFields as SEF
 from tal_tf.data import label_map_util
 from tal_tf.dataset_tools import annotations as annotations_lib
 from tal_tf.dataset_tools import feature_readers
@@ -280,6 +281,7 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
   progress = Progress(len(video_ids), progress_every_seconds, progress_stream)
   num_written = 0
   num_segments = 0
+  observed = []  # (video_id, example) of written videos with an annotated duration.
   shard_records = [0] * len(paths)
   writers = []
   current = paths[0]
@@ -300,12 +302,15 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
           shard_records[shard] += 1
           num_written += 1
           num_segments += len(example.context.feature["segment/label"].int64_list.value)
+          if annotations_lib.video_duration(entry) is not None:
+            observed.append((video_id, example))
         progress.update(index + 1, num_written)
       for path, writer in zip(paths, writers):
         current = path
         writer.close()
     except (OSError, tf.errors.OpError) as e:
       raise ConversionError(_write_error(e, current)) from None
+    _check_rate(observed, report, feature_fps, length_tolerance)
     stale = stale_shards(output_prefix, num_shards)
     summary = ConversionSummary(
         num_selected=len(video_ids), num_written=num_written, num_segments=num_segments,
@@ -344,6 +349,27 @@ def convert_dataset(annotations_path, output_prefix, label_map_path, feature_sou
         os.remove(temp)
   summary.summary_json = final_summary
   return summary
+
+
+def _check_rate(observed, report, feature_fps, length_tolerance):
+  """Refuses a conversion in which every written video (two or more, with an annotated
+  duration) has a length_inconsistent quirk: the rate flag is then wrong for the dataset
+  (e.g. --feature_fps 20 for features at 2 steps/s), and records written with it would
+  place every segment at the wrong steps. One video off is a quirk; all of them, a mistake."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  inconsistent = set(report.videos("length_inconsistent"))
+  if len(observed) < 2 or not all(v in inconsistent for v, _ in observed):
+    return
+  context = [e.context.feature for _, e in observed]
+  rates = [c[SEF.num_steps].int64_list.value[0] / c[SEF.duration].float_list.value[0]
+           for c in context if c[SEF.duration].float_list.value[0] > 0]
+  video_id, detail = report.events["length_inconsistent"][0]
+  flag = f"--feature_fps={feature_fps:g}" if feature_fps is not None else "--frames_per_step"
+  measured = f"; the features run at about {np.median(rates):.3g} steps/s" if rates else ""
+  raise ConversionError(
+      f"{flag}: all {len(observed)} converted videos have num_steps far from duration x rate "
+      f"(e.g. {video_id}: {detail}){measured}: wrong rate? Nothing was written; "
+      f"--length_tolerance (now {length_tolerance:g}) larger converts them anyway")
 
 
 def _write_error(error, path):

@@ -40,6 +40,8 @@ import zlib
 
 import numpy as np
 
+from tal_tf.utils import atomic_files
+
 RESOURCES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 THUMOS14_JSON = os.path.join(RESOURCES_DIR, "thumos14.json")
 THUMOS14_LABEL_MAP = os.path.join(RESOURCES_DIR, "thumos14_label_map.pbtxt")
@@ -250,8 +252,12 @@ def generate_dataset(output_dir, subsets=("validation", "test"), num_videos=None
       rate = float(entry["fps"]) / float(frames_per_step)
     features = model.video_features(video_id, entry["duration"], segments, labels, rate)
     for stream, values in features.items():
-      np.save(os.path.join(feature_dirs[stream], video_id + ".npy"), values,
-              allow_pickle=False)
+      # Atomically: a full disk or a kill leaves whole feature files only (a truncated one
+      # would be a converter quirk that the generator itself caused).
+      with atomic_files.atomic_output(os.path.join(feature_dirs[stream],
+                                                   video_id + ".npy")) as temp:
+        with open(temp, "wb") as f:
+          np.save(f, values, allow_pickle=False)
 
   out_json = {
       "version": (f"synthetic features on THUMOS14 annotations (tal_tf synthetic_thumos, "
@@ -263,8 +269,7 @@ def generate_dataset(output_dir, subsets=("validation", "test"), num_videos=None
       "database": {v: database[v] for v in video_ids},
   }
   annotations_out = os.path.join(output_dir, "annotations.json")
-  with open(annotations_out, "w", encoding="utf-8") as f:
-    json.dump(out_json, f)
+  atomic_files.write_text(annotations_out, json.dumps(out_json))
   label_map_out = os.path.join(output_dir, "label_map.pbtxt")
   label_map_util.write_label_map(label_map_out,
                                  label_map_util.items_from_class_names(class_names))

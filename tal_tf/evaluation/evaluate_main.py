@@ -135,8 +135,17 @@ def run_evaluation(annotations, results, subset=None, protocol="activitynet",
     subset = preset["subset"]
   if subset.lower() == "all" or subset == "":
     subset = None
-  gt = eval_io.load_annotations(annotations, subset=subset)
+  annotation_data = eval_io.read_json(annotations)
+  gt = eval_io.parse_annotations(annotation_data, path=annotations, subset=subset)
+  known_labels = None
+  if not proposals:
+    every_video = gt if subset is None else eval_io.parse_annotations(annotation_data,
+                                                                      path=annotations)
+    known_labels = {l for v in every_video.values() for l in v[eval_io.LABELS]}
   res = eval_io.load_results(results, require_labels=not proposals)
+  # Raises when the results name none of the videos (or classes); counts partial mismatches.
+  coverage = eval_io.check_results_match_annotations(gt, res, annotations, results, subset,
+                                                     known_labels)
   gt, ambiguous = eval_io.split_ambiguous(gt)
   logging.info("loaded %d videos (%d segments) from %s, %d videos (%d entries) from %s",
                len(gt), sum(len(v[eval_io.SEGMENTS]) for v in gt.values()), annotations,
@@ -147,6 +156,7 @@ def run_evaluation(annotations, results, subset=None, protocol="activitynet",
     metrics = activitynet_protocol.average_recall_metrics(
         gt, res, thr, max_avg_nr_proposals=max_avg_nr_proposals, ar_at=tuple(ar_at))
     metrics["annotations"], metrics["results"], metrics["subset"] = annotations, results, subset
+    metrics.update(coverage)
     return metrics, None
   thr = preset["tiou_thresholds"] if tiou_thresholds is None else parse_thresholds(
       tiou_thresholds)
@@ -172,9 +182,11 @@ def run_evaluation(annotations, results, subset=None, protocol="activitynet",
       raise ValueError(f"--threshold_results: {theta} is not an evaluated threshold "
                        f"({', '.join(f'{t:g}' for t in thr)})")
     per_threshold[theta] = eval_io.load_results(path, require_labels=True)
+    eval_io.check_results_match_annotations(gt, per_threshold[theta], annotations, path, subset)
   metrics = evaluator.detection_metrics_per_threshold(score, thr, res, per_threshold)
   metrics["annotations"], metrics["results"], metrics["subset"] = annotations, results, subset
   metrics["reported_thresholds"] = np.asarray(reported)
+  metrics.update(coverage)
   return metrics, reported
 
 
@@ -193,8 +205,9 @@ def main(argv):
       ambiguous_annotations=FLAGS.ambiguous_annotations,
       max_avg_nr_proposals=FLAGS.max_avg_nr_proposals, ar_at=ar_at,
       threshold_results=parse_threshold_results(FLAGS.threshold_results or []))
-  print(metrics_table.format_metrics_table(metrics, per_class=FLAGS.per_class,
-                                           reported_thresholds=reported))
+  print("\n".join([metrics_table.format_metrics_table(metrics, per_class=FLAGS.per_class,
+                                                     reported_thresholds=reported)]
+                  + eval_io.input_notes(metrics)))
   sys.stdout.flush()
   if FLAGS.output_json:
     metrics_table.write_metrics_json(metrics, FLAGS.output_json)

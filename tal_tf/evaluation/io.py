@@ -25,6 +25,7 @@ import re
 import numpy as np
 
 from tal_tf.dataset_tools import annotations as annotations_lib
+from tal_tf.utils import atomic_files
 
 # Keys of the per-video dicts the loaders return and the protocols consume.
 SEGMENTS = annotations_lib.SEGMENTS
@@ -42,6 +43,7 @@ EvaluationFormatError = annotations_lib.AnnotationError
 # The annotation parser is shared with the converter (tal_tf/dataset_tools/annotations.py).
 parse_annotations = annotations_lib.parse_annotations
 load_annotations = annotations_lib.load_annotations
+read_json = annotations_lib.read_json
 
 def parse_results(data, path="<memory>", require_labels=True):
   """Validates a results dict (loaded JSON) -> {video_id: {segments [N,2], labels [N],
@@ -169,13 +171,65 @@ def results_to_json(results_by_video):
 
 
 def write_results(path, results_by_video):
-  """Writes {video_id: {segments [N,2], labels [N], scores [N]}} as a results JSON file."""
+  """Writes {video_id: {segments [N,2], labels [N], scores [N]}} as a results JSON file
+  (atomically; parent directories are created)."""
   data = results_to_json(results_by_video)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(json.dumps(data))
-  return path
+  # Atomically: a full disk or a kill mid-write leaves the previous file (or none), never a
+  # truncated JSON that a later evaluation would fail on or read as fewer detections.
+  return atomic_files.write_text(path, json.dumps(data))
+
+
+def _examples(names, limit=3):
+  names = sorted(map(str, names))
+  return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def check_results_match_annotations(gt_by_video, results_by_video, annotations_path,
+                                    results_path, subset=None, known_labels=None):
+  """Checks a results file describes the annotated videos, before scoring; counts the rest.
+
+  A results file keyed by other video ids (another subset, 'v_' prefixes, file names)
+  otherwise scores as a plain 0 mAP, indistinguishable from a bad model: raises
+  EvaluationFormatError when non-empty results share no video with the non-empty ground
+  truth. Partial mismatches are returned for the report: {'videos_without_results': int,
+  'unannotated_result_videos': int, 'unknown_label_predictions': {label: count}} (the last
+  with `known_labels`, e.g. every class name of the annotation file: predictions whose label
+  no annotation uses, such as 'class_3' from inference without a label map, or a typo; the
+  protocols ignore them with the other labels outside the evaluated classes).
+  """
+  where = f"--subset {subset!r} of " if subset else ""
+  gt_ids, res_ids = set(gt_by_video), set(results_by_video)
+  if gt_ids and res_ids and not gt_ids & res_ids:
+    raise EvaluationFormatError(
+        f"file '{results_path}': none of its {len(res_ids)} video ids ({_examples(res_ids)}) "
+        f"is among the {len(gt_ids)} videos of {where}'{annotations_path}' "
+        f"({_examples(gt_ids)}); wrong --subset or another video id format?")
+  unknown = {}
+  if known_labels is not None:
+    known = set(known_labels)
+    for det in results_by_video.values():
+      for label in (det.get(LABELS) if det.get(LABELS) is not None else ()):
+        if label is not None and label not in known:
+          unknown[label] = unknown.get(label, 0) + 1
+  return {"videos_without_results": len(gt_ids - res_ids),
+          "unannotated_result_videos": len(res_ids - gt_ids),
+          "unknown_label_predictions": dict(sorted(unknown.items()))}
+
+
+def input_notes(counts):
+  """Lines for the report from check_results_match_annotations' counts (none if all match)."""
+  lines = []
+  if counts.get("videos_without_results"):
+    lines.append(f"({counts['videos_without_results']} annotated videos have no results: "
+                 "scored as no detections)")
+  if counts.get("unannotated_result_videos"):
+    lines.append(f"({counts['unannotated_result_videos']} videos of the results are not in "
+                 "the annotated subset)")
+  unknown = counts.get("unknown_label_predictions") or {}
+  if unknown:
+    lines.append(f"({sum(unknown.values())} predictions with labels that no annotation of "
+                 f"the file uses: {_examples(unknown, limit=5)})")
+  return lines
 
 
 def split_ambiguous(gt_by_video, ambiguous_label=AMBIGUOUS_LABEL):

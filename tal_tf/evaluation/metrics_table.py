@@ -8,10 +8,10 @@ under 'detection' and 'proposals' (what evaluate_main writes when asked for both
 
 import json
 import math
-import os
-import tempfile
 
 import numpy as np
+
+from tal_tf.utils import atomic_files
 
 
 def _is_detection(metrics):
@@ -137,21 +137,9 @@ def metrics_to_json_dict(metrics):
 def write_metrics_json(metrics, path, extra=None):
   """Writes a metrics dict (+ `extra` top-level keys) as indented JSON (NaN -> null),
   atomically (a temporary file renamed over `path`); returns the path."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   payload = metrics_to_json_dict(metrics)
   payload.update(extra or {})
-  fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".json.tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(payload, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; metrics are meant to be read.
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return path
+  return atomic_files.write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def metrics_to_scalars(metrics, prefix=""):

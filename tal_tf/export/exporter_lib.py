@@ -558,16 +558,17 @@ def _build_variables(model, stream_dims):
 def restore_model(model, stream_dims, checkpoint_path):
   """Builds `model`'s variables and restores them from a checkpoint prefix or directory;
   raises ExportError if any model variable is absent from the checkpoint."""
+  from tal_tf.training import checkpoint_util  # pylint: disable=g-import-not-at-top
   checkpoint_path = resolve_checkpoint(checkpoint_path)
   _build_variables(model, stream_dims)
   try:
-    status = tf.train.Checkpoint(model=model).restore(checkpoint_path)
-    status.expect_partial()  # The optimizer and input position are not needed for serving.
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as e:
-    # Missing variables (AssertionError) or variables of another shape (ValueError).
-    raise ExportError(f"checkpoint {checkpoint_path!r} does not match the model built from the "
-                      f"pipeline config (wrong config or checkpoint?): {e}") from None
+    # The optimizer and input position in the checkpoint are not needed for serving.
+    checkpoint_util.restore_checked(
+        tf.train.Checkpoint(model=model), checkpoint_path,
+        hint=" (it does not match the model built from the pipeline config: wrong config or "
+        "checkpoint?)")
+  except checkpoint_util.CheckpointReadError as e:
+    raise ExportError(str(e)) from None
   return model
 
 
@@ -706,11 +707,19 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
     label_map_path: label map copied beside the model (default the input readers').
   """
   checkpoint = resolve_checkpoint(trained_checkpoint)
+  created = not os.path.isdir(output_directory)
   os.makedirs(output_directory, exist_ok=True)
-  recover_interrupted_exports(output_directory)
-  version = choose_version(output_directory, model_version, overwrite)
-  label_map = _label_map_source(config, label_map_path)
-  module = build_detection_module(config, checkpoint, max_detections=max_detections)
+  try:
+    recover_interrupted_exports(output_directory)
+    version = choose_version(output_directory, model_version, overwrite)
+    label_map = _label_map_source(config, label_map_path)
+    module = build_detection_module(config, checkpoint, max_detections=max_detections)
+  except Exception:
+    # A bad checkpoint or config leaves no empty model base path (which TF Serving, pointed
+    # at it, would report as a model without versions).
+    if created and not os.listdir(output_directory):
+      os.rmdir(output_directory)
+    raise
 
   final_dir = os.path.join(output_directory, str(version))
   # A name TF Serving ignores (not all digits) while the version is incomplete; the pid

@@ -90,9 +90,10 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("proposals_output", None, "Optional proposals JSON (no labels).",
                       flag_values=fv)
   flags.DEFINE_string("label_map", None, "Label map for class names (default: the one "
-                      "exported beside the model, else the config's).", flag_values=fv)
+                      "exported beside the model, else the config's); must name exactly the "
+                      "model's class ids.", flag_values=fv)
   flags.DEFINE_integer("window_steps", None, "Window length in feature steps (0 = whole "
-                       "video; default export_config.inference_window_steps).",
+                       "video; default export_config.inference_window_steps).", lower_bound=0,
                        flag_values=fv)
   flags.DEFINE_float("window_overlap", None, "Overlap fraction of consecutive windows "
                      "(default export_config.inference_window_overlap).", flag_values=fv)
@@ -230,6 +231,11 @@ def run(fv):
     raise app.UsageError("--output is required")
   detector = load_detector(fv)
   source = feature_source(fv, detector.stream_dims)
+  # Before the work: a --label_map that is missing or not this model's is an error.
+  id_to_name = label_map_util.id_to_name_if_exists(
+      fv.label_map or detector.label_map_path,
+      num_classes=(detector.model_info or {}).get("num_classes"),
+      flag="--label_map" if fv.label_map else None)
   defaults = inference_lib.post_processing_defaults(detector)
   window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
   overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
@@ -245,7 +251,6 @@ def run(fv):
       proposal_nms_iou_threshold=defaults["proposal_nms_iou_threshold"],
       max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],
       progress_every=100)
-  id_to_name = label_map_util.id_to_name_if_exists(fv.label_map or detector.label_map_path)
   results = inference_lib.to_results(result.detections, id_to_name)
   eval_io.write_results(fv.output, results)
   if fv.timeline_png and results:
@@ -274,6 +279,9 @@ def main(argv):
   print(f"{len(result.detections)} videos -> {flags.FLAGS.output} "
         f"({stats.get('windows', 0)} windows in {stats.get('batches', 0)} batches, "
         f"{stats.get('seconds', 0.0):.1f} s)")
+  if stats.get("empty_videos"):
+    print(f"{stats['empty_videos']} videos have no feature steps (empty feature files?): "
+          "written with no detections", file=sys.stderr)
   if result.skipped:
     print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
   return 0 if result.detections else 1

@@ -206,7 +206,8 @@ InferenceResult = collections.namedtuple(
 InferenceResult.__doc__ = """detections {video_id: {segments [N,2] s, scores [N], classes [N]
 ids}}, proposals {video_id: {segments [P,2], scores [P]}} (empty for a model without
 proposals), skipped {video_id: reason}, stats
-dict (videos, windows, batches, seconds)."""
+dict (videos, windows, batches, seconds, empty_videos: videos with no feature steps, given
+empty results)."""
 
 
 def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_size=1,
@@ -327,6 +328,7 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
     stats["videos"] += 1
     if video.num_steps == 0:
       logging.warning("video %s has no feature steps: empty result", video_id)
+      stats["empty_videos"] += 1  # Counted for the CLIs' summaries (an empty file, usually).
       detections[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0),
                                   classes=np.zeros(0, np.int64))
       if (detector.model_info or {}).get("has_proposals", True):

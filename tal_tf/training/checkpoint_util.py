@@ -11,6 +11,10 @@
 * `remove_stale_temp_dirs`: removes `ckpt-N_temp*` folders a killed save left behind.
 * `save_or_explain`: a save that fails (disk full) cleans up after itself and raises one
   line naming the model_dir and the intact previous checkpoint.
+* `restore_checked`: the one way a given checkpoint is read into existing objects (evaluation,
+  export, inference, fine-tuning, backbones): a damaged file or a checkpoint that lacks the
+  objects' variables is a one-line `CheckpointReadError` naming it, never a traceback or a
+  silently half-restored (randomly initialized) model.
 """
 
 import errno
@@ -34,6 +38,54 @@ STATE_FILE = "checkpoint"
 
 class ModelDirInUseError(RuntimeError):
   """Another live trainer holds the model_dir."""
+
+
+class CheckpointReadError(ValueError):
+  """A checkpoint that cannot be read, or does not hold the variables it is restored into."""
+
+
+# What reading a damaged checkpoint raises: a truncated data file surfaces as IndexError
+# ("Read less bytes than requested") or DataLossError depending on where the cut falls; a
+# missing data shard as NotFoundError.
+_UNREADABLE = (IndexError, tf.errors.OpError)
+# The start of TensorFlow's ValueError for a variable whose saved shape differs.
+_SHAPE_MISMATCH = "Received incompatible tensor with shape"
+
+
+def restore_checked(root, path, what="checkpoint", hint=""):
+  """Restores checkpoint prefix `path` into `root` (a tf.train.Checkpoint over existing
+  variables), requiring every variable of `root` to be in the checkpoint with its shape.
+
+  Create the variables first (e.g. model.create_variables): restoring into objects without
+  variables defers, and a checkpoint of another model would then match nothing and leave
+  every weight at its initial value. Entries of the checkpoint `root` does not ask for (the
+  optimizer, the input position) are fine. `what` names the checkpoint in errors (e.g.
+  '--checkpoint'), `hint` is appended to a mismatch. Raises CheckpointReadError.
+  """
+  try:
+    status = root.read(path)
+    status.assert_existing_objects_matched()
+  except _UNREADABLE as e:
+    raise CheckpointReadError(f"{what} {path!r} cannot be read (damaged or incomplete "
+                              f"files?): {type(e).__name__}: {_first_line(e)}") from None
+  except (AssertionError, ValueError) as e:
+    # Variables absent from the checkpoint (AssertionError) or of another shape (ValueError).
+    raise CheckpointReadError(f"{what} {path!r} does not hold this model's variables"
+                              f"{hint}: {_mismatch_summary(e)}") from None
+  status.expect_partial()
+  return path
+
+
+def _mismatch_summary(error):
+  """One line for a failed restore: how many variables are unmatched and a few names (the
+  AssertionError lists each variable with its values over many lines)."""
+  text = str(error)
+  names = re.findall(r"<tf\.Variable '([^']+)'", text)
+  if not names:
+    return _first_line(error)[:400]
+  count = re.search(r"Found (\d+) Python objects", text)
+  return (f"{count.group(1) if count else len(names)} variables are not in it, e.g. "
+          f"{', '.join(names[:3])}")
 
 
 def _pid_alive(pid):
@@ -204,6 +256,14 @@ def restore_newest_intact(checkpoint, directory, newest=None):
       # DataLossError, depending on where the cut falls.
       if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         raise
+      if isinstance(e, ValueError) and _SHAPE_MISMATCH in str(e):
+        # An intact checkpoint of another model (the config changed since the run began):
+        # every older checkpoint has the same shapes, and calling them damaged would mislead.
+        raise CheckpointReadError(
+            f"{directory}: checkpoint {os.path.basename(path)} does not match the model "
+            f"built from the config (changed since this model_dir was trained? its config "
+            f"is {os.path.join(directory, 'pipeline.config')}; or use another --model_dir): "
+            f"{_first_line(e)[:300]}") from None
       logging.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", path,
                       type(e).__name__, str(e).splitlines()[0][:200])
   if candidates:

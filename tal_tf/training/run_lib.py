@@ -6,6 +6,7 @@ from absl import logging
 import tensorflow as tf
 
 from tal_tf.builders import model_builder
+from tal_tf.training import checkpoint_util
 from tal_tf.training import eval_lib
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
@@ -25,9 +26,14 @@ def evaluate_checkpoint(config, model_dir, checkpoint_path=None, model=None):
   if not path:
     raise FileNotFoundError(f"no checkpoint found in {model_dir}; train first or pass "
                             "--checkpoint")
-  ckpt = tf.train.Checkpoint(model=model)
+  if not model.variables:
+    # Restoring into a model without variables would defer, and a checkpoint of another
+    # model would then silently leave every weight at its initial value.
+    from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
+    model.create_variables(exporter_lib.stream_dims_from_config(config, model))
   # The optimizer and input position are in the checkpoint too; evaluation needs neither.
-  ckpt.restore(path).expect_partial()
+  checkpoint_util.restore_checked(tf.train.Checkpoint(model=model), path,
+                                  what="--checkpoint" if checkpoint_path else "checkpoint")
   step_value = _step_of(path)
   metrics, _ = eval_lib.evaluate_model(model, config, step_value, _eval_dir(model_dir))
   train_lib.write_metrics_json(metrics, _eval_dir(model_dir), step_value)

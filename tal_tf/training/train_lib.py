@@ -362,15 +362,9 @@ class Trainer:
     if not path or not tf.io.gfile.glob(path + ".index"):
       raise FileNotFoundError(f"train_config.fine_tune_checkpoint: no checkpoint at {source!r}")
     restore_map = self.model.restore_map(train_config.fine_tune_checkpoint_type)
-    status = tf.train.Checkpoint(**restore_map).restore(path)
-    try:
-      status.assert_existing_objects_matched()
-    except AssertionError as e:
-      raise ValueError(
-          f"train_config.fine_tune_checkpoint {path}: does not match the model's "
-          f"{train_config.fine_tune_checkpoint_type!r} restore map: "
-          f"{str(e).splitlines()[0][:300]}") from None
-    status.expect_partial()
+    checkpoint_util.restore_checked(
+        tf.train.Checkpoint(**restore_map), path, what="train_config.fine_tune_checkpoint",
+        hint=f" (the model's {train_config.fine_tune_checkpoint_type!r} restore map)")
     logging.info("initialized from fine-tune checkpoint %s (%s)", path,
                  train_config.fine_tune_checkpoint_type)
     return path
@@ -473,12 +467,17 @@ class Trainer:
 
   def _train(self, evaluate_fn, after_loop_fn):
     train_config = self.config.train_config
-    if self.is_chief:
-      config_util.save_pipeline_config(self.config, self.model_dir)
-    else:
+    saved_config = os.path.join(self.model_dir, config_util.PIPELINE_CONFIG_NAME)
+    if self.is_chief and not tf.io.gfile.exists(saved_config):
+      config_util.save_pipeline_config(self.config, self.model_dir)  # A new run: at once.
+    if not self.is_chief:
       self._remove_write_dir()  # Left by a killed run.
     self.checkpoint_manager()
     self.restore()
+    if self.is_chief:
+      # A resumed run replaces the saved config only after the restore: a config whose model
+      # does not match the checkpoints stops there and must not replace their own config.
+      config_util.save_pipeline_config(self.config, self.model_dir)
     if self.is_chief:
       writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
     else:

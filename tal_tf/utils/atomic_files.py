@@ -120,8 +120,16 @@ def atomic_outputs(paths):
       if os.path.exists(t):
         os.remove(t)
     raise
-  for t, p in zip(temps, paths):
-    os.replace(t, p)
+  for i, (t, p) in enumerate(zip(temps, paths)):
+    try:
+      os.replace(t, p)
+    except OSError as e:
+      # Name the output, not the hidden temporary (e.g. 'out.json: is a directory'), and
+      # leave no temporaries behind.
+      for rest in temps[i:]:
+        if os.path.exists(rest):
+          os.remove(rest)
+      raise OSError(e.errno, e.strerror, p) from None
 
 
 @contextlib.contextmanager

@@ -325,7 +325,8 @@ def check_model_streams(config, stream_names, source="<config>", phase_streams=N
 def check_config_against_data(config, num_classes, reader_names=("train_input_reader",)):
   """Checks each named input reader against its files before any graph is built: the label
   map names ids 1..num_classes exactly, and the first record of every input file holds the
-  declared streams with the declared dims (and label ids within 1..num_classes).
+  declared streams with the declared dims (and label ids within 1..num_classes, named as
+  the label map names them).
 
   Raises data_checks.DataMismatchError (or label_map_util.LabelMapError) naming the file.
   """
@@ -336,12 +337,16 @@ def check_config_against_data(config, num_classes, reader_names=("train_input_re
     if name not in readers:
       continue
     reader = readers[name]
+    id_to_name = None
     if reader.label_map_path:
       data_checks.check_label_map(reader.label_map_path, int(num_classes),
                                   field=f"{name}.label_map_path",
                                   num_classes_field=f"model.{arch}.num_classes")
+      from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
+      id_to_name = label_map_util.get_id_to_name(reader.label_map_path)
     data_checks.check_first_records(reader.input_path, stream_dims(reader), int(num_classes),
-                                    field=name, skip_corrupt=reader.skip_corrupt_records)
+                                    field=name, skip_corrupt=reader.skip_corrupt_records,
+                                    id_to_name=id_to_name)
 
 
 def save_pipeline_config(config, directory, filename=PIPELINE_CONFIG_NAME):

@@ -112,18 +112,18 @@ def restore_backbone(backbone, path):
   prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
   if not prefix or not tf.io.gfile.exists(prefix + ".index"):
     raise ValueError(f"backbone checkpoint {path!r}: no checkpoint found")
+  from tal_tf.training import checkpoint_util  # pylint: disable=g-import-not-at-top
   errors = []
   for layout in ("model.backbone", "backbone"):
     root = tf.train.Checkpoint(backbone=backbone)
     if layout == "model.backbone":
       root = tf.train.Checkpoint(model=tf.train.Checkpoint(backbone=backbone))
     try:
-      # A variable of another shape (another depth or width) fails inside read().
-      status = root.read(prefix)
-      status.assert_existing_objects_matched()
-      status.expect_partial()
+      # A variable of another shape (another depth or width) fails inside read(); a damaged
+      # file is named too (CheckpointReadError).
+      checkpoint_util.restore_checked(root, prefix, what="backbone checkpoint")
       return layout
-    except (AssertionError, ValueError) as e:
+    except checkpoint_util.CheckpointReadError as e:
       errors.append(f"{layout}: {str(e).splitlines()[0]}")
   raise ValueError(f"backbone checkpoint {prefix!r} does not hold this backbone's variables "
                    f"(tried {'; '.join(errors)})")

@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from tal_tf.utils import atomic_files
+
 INDEX_BITS = 16
 _CELL = 4  # Pixel width/height of one index bit cell.
 
@@ -117,8 +119,8 @@ def write_dataset(output_dir, num_videos=6, seconds=20.0, fps=25, width=160, hei
     subset = "validation" if v < max(1, (2 * num_videos) // 3) else "test"
     database[video_id] = {"subset": subset, "duration": float(seconds), "fps": float(fps),
                           "annotations": annotations}
-  with open(os.path.join(output_dir, "annotations.json"), "w", encoding="utf-8") as f:
-    json.dump({"database": database}, f, indent=1, sort_keys=True)
+  atomic_files.write_text(os.path.join(output_dir, "annotations.json"),
+                          json.dumps({"database": database}, indent=1, sort_keys=True))
   label_map_util.write_label_map(os.path.join(output_dir, "label_map.pbtxt"),
                                  label_map_util.items_from_class_names(list(class_names)))
   return database

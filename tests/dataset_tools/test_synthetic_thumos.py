@@ -106,3 +106,19 @@ def test_signal_model_rejects_unknown_class():
     model.video_features("v", 5.0, [[1, 2]], ["z"], 2.0)
   with pytest.raises(ValueError, match="subsets present"):
     synth.select_videos({"v": {"subset": "Test"}}, "validation")
+
+
+def test_a_full_disk_leaves_only_whole_feature_files(tmp_path):
+  # The generator writes through atomic_files: what a failed run leaves reads completely
+  # (before, the file being written when the disk filled stayed truncated).
+  from tests import fault_util  # pylint: disable=g-import-not-at-top
+  disk = str(tmp_path / "disk")
+  with fault_util.small_disk(disk, 512 * 1024):
+    with pytest.raises(OSError):
+      synth.generate_dataset(os.path.join(disk, "data"), subsets=("validation",),
+                             num_videos=20, stream_dims={"rgb": 64}, feature_fps=2.0, seed=0)
+    directory = os.path.join(disk, "data", "features", "rgb")
+    names = sorted(os.listdir(directory))
+    assert names and all(n.endswith(".npy") and not n.startswith(".") for n in names), names
+    for name in names:
+      assert np.load(os.path.join(directory, name)).shape[1] == 64

@@ -146,3 +146,25 @@ def test_eval_reader_is_checked_before_evaluation(records, tmp_path):
   with pytest.raises(data_checks.DataMismatchError,
                      match=r"but eval_input_reader\.streams\[1\]\.dim is 9"):
     run_lib.run(config, str(tmp_path / "m"), "eval")
+
+
+def test_label_map_naming_ids_otherwise_than_the_records(records, tmp_path):
+  # Same ids 1..20, names in reverse order: as if the records were converted with another
+  # label map. Training would learn and report every class under another class's name.
+  items = label_map_util.load_label_map(records["label_map"])
+  names = [it.name for it in sorted(items, key=lambda it: it.id)]
+  reversed_map = str(tmp_path / "reversed.pbtxt")
+  label_map_util.write_label_map(reversed_map,
+                                 [(i + 1, n) for i, n in enumerate(reversed(names))])
+  config = _config(records)
+  config.train_input_reader.label_map_path = reversed_map
+  message, seconds = _trainer_error(config, tmp_path)
+  assert message.startswith(records["files"][0] + ": video ")
+  assert "has a segment of class " in message
+  assert "train_input_reader.label_map_path names id " in message
+  assert "converted with another label map" in message
+  assert seconds < 30
+  # Each id's name in the message is the reversed map's, the class is the records' own.
+  label_id = int(message.split(" with id ")[1].split(",")[0])
+  assert f"names id {label_id} {names[toy_records.NUM_CLASSES - label_id]!r}" in message
+  assert f"class {names[label_id - 1]!r} with id {label_id}" in message
