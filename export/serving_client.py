@@ -309,7 +309,10 @@ def run(fv, predictor=None):
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
     raise app.UsageError("--output is required")
-  names = label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
+  # A given --label_map is checked before any request; without one, the warning that
+  # classes are written as class_<id> comes once there are results to write.
+  names = (label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
+           if fv.label_map else None)
   predictor = predictor or make_predictor(fv)
   try:
     detector = ServingDetector(predictor)
@@ -324,6 +327,8 @@ def run(fv, predictor=None):
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
   finally:
     predictor.close()
+  if names is None:
+    names = label_map_util.id_to_name_if_exists(None)
   eval_io.write_results(fv.output, inference_lib.to_results(result.detections, names))
   return result
 

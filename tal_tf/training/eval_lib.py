@@ -105,24 +105,30 @@ def build_eval_dataset(config, num_classes):
   return input_reader_builder.build(reader, num_classes=num_classes, is_training=False)
 
 
-def _relaxed_concrete(fn, features, num_steps, feature_fps):
-  """The concrete function of tf.function `fn(features, num_steps, feature_fps)` whose batch
-  and time dimensions are unknown.
+def _relaxed_spec(t):
+  """TensorSpec of batch tensor `t` with its batch (and, from rank 2, time) size unknown: the
+  layout of every input of the detection graph (features [B, T, ...], num_steps [B], a
+  model's side inputs)."""
+  return tf.TensorSpec([None] * min(t.shape.rank, 2) + t.shape[2:], t.dtype)
+
+
+def _pretrace(fn, *args):
+  """Traces tf.function `fn` once for `args` with unknown batch and length.
 
   Evaluation batches differ in batch size (the last one) and length; a plain tf.function
   would trace the first batch's exact shapes and trace again, relaxed, on the next batch.
+  Calls of `fn` then dispatch to this trace (their shapes are special cases of it); an input
+  whose other dimensions vary still gets a trace of its own, as without this.
+  Returns the concrete function.
   """
-  relaxed = tf.nest.map_structure(
-      lambda t: tf.TensorSpec([None, None] + t.shape[2:], t.dtype), features)
-  return fn.get_concrete_function(relaxed, tf.TensorSpec([None], num_steps.dtype),
-                                  tf.TensorSpec([None], feature_fps.dtype))
+  return fn.get_concrete_function(*tf.nest.map_structure(_relaxed_spec, args))
 
 
 def make_detect_fn(model):
-  """Python fn: batch (features, num_steps, feature_fps) -> postprocessed detections, one
-  graph traced on the first call."""
+  """tf.function: batch (features, num_steps, feature_fps) -> postprocessed detections,
+  traced on the first call for unknown batch size and length."""
 
-  @tf.function
+  @tf.function(reduce_retracing=True)
   def detect(features, num_steps, feature_fps):
     inputs = model.preprocess({InputFields.features: features, InputFields.num_steps: num_steps,
                                InputFields.feature_fps: feature_fps})
@@ -130,12 +136,12 @@ def make_detect_fn(model):
     predictions = model.predict(features, num_steps, training=False)
     return model.postprocess(predictions, num_steps, inputs[InputFields.feature_fps])
 
-  concrete = []
+  traced = []
 
   def call(features, num_steps, feature_fps):
-    if not concrete:
-      concrete.append(_relaxed_concrete(detect, features, num_steps, feature_fps))
-    return concrete[0](features, num_steps, feature_fps)
+    if not traced:
+      traced.append(_pretrace(detect, features, num_steps, feature_fps))
+    return detect(features, num_steps, feature_fps)
 
   return call
 
@@ -145,11 +151,11 @@ def make_multi_detect_fn(model, variants):
 
   The network runs once per batch; `postprocess` runs once with no extra arguments (the
   serving detections) and once per keyword-argument dict of `variants` (the values are
-  Python constants). Each is traced once, on the first call: the post-processings for the
-  shapes the network's graph outputs (unknown batch and length).
+  Python constants). On the first call the network is traced for unknown batch size and
+  length, and each post-processing for the shapes that graph outputs.
   """
 
-  @tf.function
+  @tf.function(reduce_retracing=True)
   def forward(features, num_steps, feature_fps):
     inputs = model.preprocess({InputFields.features: features, InputFields.num_steps: num_steps,
                                InputFields.feature_fps: feature_fps})
@@ -158,22 +164,21 @@ def make_multi_detect_fn(model, variants):
     return predictions, num_steps, inputs[InputFields.feature_fps]
 
   def post_fn(kwargs):
-    # A closure, not functools.partial: the concrete function of a partial would still
-    # require the bound keyword arguments at every call.
-    return tf.function(lambda p, n, f: model.postprocess(p, n, f, **kwargs))
+    # A closure, not functools.partial: the kwargs are constants of the traced graph.
+    return tf.function(lambda p, n, f: model.postprocess(p, n, f, **kwargs),
+                       reduce_retracing=True)
 
   posts = [post_fn(kwargs) for kwargs in [{}] + list(variants)]
-  concrete = []
+  traced = []
 
   def detect(features, num_steps, feature_fps):
-    if not concrete:
-      network = _relaxed_concrete(forward, features, num_steps, feature_fps)
+    if not traced:
+      network = _pretrace(forward, features, num_steps, feature_fps)
       specs = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
                                     network.structured_outputs)
-      concrete.append((network, [post.get_concrete_function(*specs) for post in posts]))
-    network, post_fns = concrete[0]
-    predictions, steps, fps = network(features, num_steps, feature_fps)
-    outs = [post(predictions, steps, fps) for post in post_fns]
+      traced.extend(post.get_concrete_function(*specs) for post in posts)
+    predictions, steps, fps = forward(features, num_steps, feature_fps)
+    outs = [post(predictions, steps, fps) for post in posts]
     return outs[0], outs[1:]
 
   return detect
