@@ -58,5 +58,5 @@ bazel-smoke: bazel-build
 	$(BAZEL) test //tests:smoke $(BAZEL_TEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info tal_tf/protos/*_pb2.py .pytest_cache
+	rm -rf $(VENV) build *.egg-info tal_tf/protos/*_pb2.py tal_tf/protos/proto_sources.sha256 .pytest_cache
 	if [ -L bazel-bin ]; then $(BAZEL) clean --expunge; fi

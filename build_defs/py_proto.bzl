@@ -7,6 +7,13 @@ with every transitive source's import root on the path, and writes each module w
 import path says: a source imported as "tal_tf/protos/model.proto" becomes
 tal_tf/protos/model_pb2.py under the output root, so `import tal_tf.protos.model_pb2` works
 from runfiles exactly as from a pip install.
+
+Beside the modules it writes proto_sources.sha256, the digest of the sources they were generated
+from, computed by tal_tf/utils/proto_compiler.py itself (run as a script). `tal_tf.protos`
+checks that digest on import: without it, the runfiles' modules would look stale and the import
+would try to recompile into the read-only runfiles tree. Modification times cannot stand in for
+it: Bazel caches by content, so a fresh clone (new source times) at a known workspace path reuses
+modules generated earlier.
 """
 
 def _import_path(src, proto_info):
@@ -53,7 +60,19 @@ def _py_proto_modules_impl(ctx):
       mnemonic = "PyProtoGen",
       progress_message = "Generating Python protos for %s" % ctx.label,
   )
-  return [DefaultInfo(files = depset(outputs), runfiles = ctx.runfiles(files = outputs))]
+  digest = ctx.actions.declare_file("proto_sources.sha256")
+  tool = ctx.file._digest_tool
+  sources = [src for src, _ in direct]
+  ctx.actions.run(
+      executable = ctx.executable._python,
+      arguments = [tool.path, "--write_digest", digest.path] + [src.path for src in sources],
+      inputs = [tool] + sources,
+      outputs = [digest],
+      mnemonic = "PyProtoDigest",
+      progress_message = "Recording the proto sources' digest for %s" % ctx.label,
+  )
+  files = outputs + [digest]
+  return [DefaultInfo(files = depset(files), runfiles = ctx.runfiles(files = files))]
 
 py_proto_modules = rule(
     implementation = _py_proto_modules_impl,
@@ -64,6 +83,16 @@ py_proto_modules = rule(
             executable = True,
             cfg = "exec",
         ),
+        "_python": attr.label(
+            default = "@tal_tf_python//:python",
+            executable = True,
+            cfg = "exec",
+        ),
+        "_digest_tool": attr.label(
+            default = "//:tal_tf/utils/proto_compiler.py",
+            allow_single_file = True,
+        ),
     },
-    doc = "<name>_pb2.py modules for the direct sources of `deps` (proto_library targets).",
+    doc = ("<name>_pb2.py modules for the direct sources of `deps` (proto_library targets), " +
+           "plus proto_sources.sha256, the digest tal_tf.protos checks on import."),
 )

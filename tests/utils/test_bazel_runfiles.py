@@ -35,3 +35,15 @@ def test_interpreter_is_the_pinned_venv():
   import google.protobuf  # pylint: disable=g-import-not-at-top
   assert sys.prefix != sys.base_prefix, sys.executable
   assert google.protobuf.__version__.startswith("4.25.")
+
+
+def test_runfiles_hold_the_digest_of_the_sources_compiled():
+  # py_proto_modules records the sources' digest beside the modules, so importing tal_tf.protos
+  # from the read-only runfiles never tries to recompile, whatever the sources' file times.
+  from tal_tf.protos import pipeline_pb2  # pylint: disable=g-import-not-at-top
+  from tal_tf.utils import proto_compiler  # pylint: disable=g-import-not-at-top
+  out_dir = os.path.dirname(pipeline_pb2.__file__)
+  assert os.path.exists(os.path.join(out_dir, proto_compiler.DIGEST_NAME))
+  assert (proto_compiler.recorded_digest(out_dir)
+          == proto_compiler.sources_digest(proto_compiler.proto_sources()))
+  assert not proto_compiler.is_stale()
