@@ -37,25 +37,37 @@ import numpy as np  # pylint: disable=wrong-import-position
 SERVING_SIGNATURE = "serving_default"
 NUM_STEPS_INPUT = "num_steps"
 FEATURE_FPS_INPUT = "feature_fps"
-NON_STREAM_INPUTS = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, "examples")
+NUM_FRAMES_INPUT = "num_frames"
+FPS_INPUT = "fps"
+# The signature's inputs that are not streams (tal_tf.export.exporter_lib.RESERVED_INPUT_NAMES;
+# repeated here so that the request helpers need no tal_tf import).
+NON_STREAM_INPUTS = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, "examples", NUM_FRAMES_INPUT,
+                     FPS_INPUT)
+MODEL_INFO_NAME = "model_info.json"
 # gRPC refuses messages above 4 MB by default; one 10-minute two-stream I3D video is ~3 MB.
 MAX_MESSAGE_BYTES = 1 << 30
 
 # TensorProto dtype enum values (tensorflow/core/framework/types.proto).
-_DT_FLOAT, _DT_INT32, _DT_STRING, _DT_INT64 = 1, 3, 7, 9
+_DT_FLOAT, _DT_INT32, _DT_UINT8, _DT_STRING, _DT_INT64 = 1, 3, 4, 7, 9
 _TO_DT = {np.dtype(np.float32): _DT_FLOAT, np.dtype(np.int32): _DT_INT32,
-          np.dtype(np.int64): _DT_INT64}
+          np.dtype(np.uint8): _DT_UINT8, np.dtype(np.int64): _DT_INT64}
 _FROM_DT = {v: k for k, v in _TO_DT.items()}
-_VALUE_FIELDS = {_DT_FLOAT: "float_val", _DT_INT32: "int_val", _DT_INT64: "int64_val"}
+# uint8 values, when not packed, travel in int_val (as TF writes them).
+_VALUE_FIELDS = {_DT_FLOAT: "float_val", _DT_INT32: "int_val", _DT_UINT8: "int_val",
+                 _DT_INT64: "int64_val"}
+_DT_NAMES = {_DT_FLOAT: "float32", _DT_INT32: "int32", _DT_UINT8: "uint8",
+             _DT_STRING: "string", _DT_INT64: "int64"}
 
 
 # --------------------------------------------------------------------------- tensors
 def ndarray_to_tensor_proto(array):
-  """numpy array (float32 / int32 / int64) -> tensorflow TensorProto (packed content)."""
+  """numpy array (float32 / int32 / uint8 / int64) -> tensorflow TensorProto (packed
+  content)."""
   from tensorflow.core.framework import tensor_pb2  # pylint: disable=g-import-not-at-top
   array = np.ascontiguousarray(array)
   if array.dtype not in _TO_DT:
-    raise ValueError(f"unsupported dtype {array.dtype}; expected float32, int32 or int64")
+    raise ValueError(f"unsupported dtype {array.dtype}; expected float32, int32, uint8 or "
+                     "int64")
   proto = tensor_pb2.TensorProto(dtype=_TO_DT[array.dtype])
   for size in array.shape:
     proto.tensor_shape.dim.add(size=size)
@@ -105,7 +117,8 @@ def parse_predict_response(response):
 
 
 def build_rest_request(inputs, signature_name=SERVING_SIGNATURE):
-  """{input name: array} -> the JSON body of POST /v1/models/<name>:predict (columnar)."""
+  """{input name: array} -> the JSON body of POST /v1/models/<name>:predict (columnar; uint8
+  frames as nested lists of integers, which TF Serving converts to the signature's dtype)."""
   return {"signature_name": signature_name,
           "inputs": {name: np.asarray(value).tolist() for name, value in inputs.items()}}
 
@@ -130,8 +143,32 @@ def parse_rest_response(body):
   return out
 
 
-def signature_from_metadata(signature_def_map, signature_name=SERVING_SIGNATURE):
-  """SignatureDefMap proto -> (stream_dims {stream: D}, max_detections N) of a signature."""
+ServedSignature = collections.namedtuple(
+    "ServedSignature", ["stream_dims", "max_detections", "side_stream"])
+ServedSignature.__doc__ = """What the client needs of a served signature: stream_dims
+{stream: D (float32 features [B, T, D]) or tal_tf.core.stream_spec.FrameStream(height, width,
+fps) (uint8 frames [B, T, H, W, 3])}, in the order of `stream_order` when given, else
+alphabetical; max_detections N; side_stream: the frames stream of a model that also reads
+feature streams (fed with num_frames / fps beside num_steps / feature_fps), else None."""
+
+
+def _input_description(tensor_info):
+  shape = [d.size for d in tensor_info.tensor_shape.dim]
+  return f"{_DT_NAMES.get(tensor_info.dtype, f'dtype {tensor_info.dtype}')} {shape}"
+
+
+def signature_from_metadata(signature_def_map, signature_name=SERVING_SIGNATURE,
+                            frame_rates=None, stream_order=None):
+  """SignatureDefMap proto -> ServedSignature of `signature_name`.
+
+  A stream input is float32 [-1, -1, D] (features) or uint8 [-1, -1, H, W, 3] (frames); the
+  reserved inputs (num_steps, feature_fps, examples, num_frames, fps) are not streams. The
+  signature does not carry the frame rate: `frame_rates` {stream: frames per second} (e.g.
+  from model_info.json) gives it, else it is 0 (unknown). An input of any other shape or
+  dtype, or a frames stream without the num_frames / fps inputs, is a one-line ValueError
+  naming it.
+  """
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
   if signature_name not in signature_def_map.signature_def:
     raise ValueError(f"served model has no signature {signature_name!r}; it has "
                      f"{sorted(signature_def_map.signature_def)}")
@@ -140,12 +177,39 @@ def signature_from_metadata(signature_def_map, signature_name=SERVING_SIGNATURE)
   for name in sorted(sig.inputs):
     if name in NON_STREAM_INPUTS:
       continue
-    shape = [d.size for d in sig.inputs[name].tensor_shape.dim]
-    if len(shape) != 3 or shape[2] < 1:
-      raise ValueError(f"signature input {name!r} has shape {shape}, expected [-1, -1, D]")
-    dims[name] = shape[2]
+    info = sig.inputs[name]
+    shape = [d.size for d in info.tensor_shape.dim]
+    if info.dtype == _DT_FLOAT and len(shape) == 3 and shape[2] >= 1:
+      dims[name] = shape[2]
+    elif (info.dtype == _DT_UINT8 and len(shape) == 5 and shape[4] == 3 and shape[2] >= 1
+          and shape[3] >= 1):
+      fps = float((frame_rates or {}).get(name) or 0.0)
+      dims[name] = stream_spec.FrameStream(shape[2], shape[3], fps)
+    else:
+      raise ValueError(
+          f"signature {signature_name!r} input {name!r} is {_input_description(info)}: "
+          "expected float32 features [-1, -1, D] or uint8 frames [-1, -1, H, W, 3] (or one of "
+          f"the inputs {list(NON_STREAM_INPUTS)})")
+  if not dims:
+    raise ValueError(f"signature {signature_name!r} has no stream input (inputs "
+                     f"{sorted(sig.inputs)})")
+  if stream_order is not None and sorted(stream_order) == sorted(dims):
+    dims = collections.OrderedDict((s, dims[s]) for s in stream_order)
+  frames = [s for s, d in dims.items() if stream_spec.is_frames(d)]
+  needed = []
+  if len(frames) < len(dims):
+    needed += [NUM_STEPS_INPUT, FEATURE_FPS_INPUT]
+  if frames:
+    needed += [NUM_FRAMES_INPUT, FPS_INPUT]
+  missing = [n for n in needed if n not in sig.inputs]
+  if len(frames) > 1 or missing:
+    raise ValueError(
+        f"signature {signature_name!r} reads streams {dict(dims)} but "
+        + (f"lacks the inputs {missing}" if missing else "more than one frames stream")
+        + ": not a tal_tf export this client can feed")
   scores = [d.size for d in sig.outputs["detection_scores"].tensor_shape.dim]
-  return dims, scores[1]
+  side = frames[0] if frames and len(frames) < len(dims) else None
+  return ServedSignature(dims, scores[1], side)
 
 
 # --------------------------------------------------------------------------- transports
@@ -241,20 +305,54 @@ class RestPredictor:
 
 
 class ServingDetector:
-  """A served model with the call interface of tal_tf.inference detectors."""
+  """A served model with the call interface of tal_tf.inference detectors:
+  detector(features, num_steps, feature_fps, side=None) -> {output: array}.
 
-  def __init__(self, predictor, signature_name=SERVING_SIGNATURE):
+  Feature models take features {stream: float32 [B, T, D]}, num_steps [B] and feature_fps
+  [B]. A frames model takes features {stream: uint8 [B, T, H, W, 3]} with num_steps in frames
+  and feature_fps the frame rate, sent as num_frames / fps. A model reading feature streams
+  plus a frames stream (`side_stream`) also takes side = (frames uint8 [B, F, H, W, 3],
+  num_frames [B], fps [B]).
+  """
+
+  def __init__(self, predictor, signature_name=SERVING_SIGNATURE, model_info=None):
+    """model_info: the served version's model_info.json as a dict (frame rate, stream
+    order, has_proposals), or None."""
+    from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
     self.predictor = predictor
     self.signature_name = signature_name
-    self.stream_dims, self.max_detections = signature_from_metadata(
-        predictor.signature_def_map(), signature_name)
+    self.model_info = model_info
+    info = model_info or {}
+    streams = (info.get("inputs") or {}).get("streams") or {}
+    rates = {s: v.get("fps") for s, v in streams.items() if v.get("type") == "frames"}
+    self.stream_dims, self.max_detections, self.side_stream = signature_from_metadata(
+        predictor.signature_def_map(), signature_name, frame_rates=rates,
+        stream_order=info.get("stream_names"))
+    if streams and sorted(streams) != sorted(self.stream_dims):
+      raise ValueError(f"the model_info.json given describes streams {sorted(streams)}, the "
+                       f"served model reads {sorted(self.stream_dims)}: give the served "
+                       "version's model_info.json")
+    self._frames_only = all(stream_spec.is_frames(d) for d in self.stream_dims.values())
+    self._dtypes = {s: stream_spec.dtype(d).as_numpy_dtype for s, d in self.stream_dims.items()}
     self.config = None
     self.label_map_path = None
 
-  def __call__(self, features, num_steps, feature_fps):
-    inputs = {s: np.asarray(features[s], np.float32) for s in self.stream_dims}
-    inputs[NUM_STEPS_INPUT] = np.asarray(num_steps, np.int32)
-    inputs[FEATURE_FPS_INPUT] = np.asarray(feature_fps, np.float32)
+  def __call__(self, features, num_steps, feature_fps, side=None):
+    inputs = {s: np.asarray(features[s], dtype) for s, dtype in self._dtypes.items()
+              if s != self.side_stream}
+    if self._frames_only:
+      inputs[NUM_FRAMES_INPUT] = np.asarray(num_steps, np.int32)
+      inputs[FPS_INPUT] = np.asarray(feature_fps, np.float32)
+    else:
+      inputs[NUM_STEPS_INPUT] = np.asarray(num_steps, np.int32)
+      inputs[FEATURE_FPS_INPUT] = np.asarray(feature_fps, np.float32)
+    if self.side_stream is not None:
+      if side is None:
+        raise ValueError(f"this model also reads the frames stream {self.side_stream!r}: "
+                         "pass side = (frames, num_frames, fps)")
+      inputs[self.side_stream] = np.asarray(side[0], np.uint8)
+      inputs[NUM_FRAMES_INPUT] = np.asarray(side[1], np.int32)
+      inputs[FPS_INPUT] = np.asarray(side[2], np.float32)
     return self.predictor.predict(inputs, self.signature_name)
 
 
@@ -275,6 +373,19 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_list("tfrecords", None, "SequenceExample TFRecord patterns.", flag_values=fv)
   flags.DEFINE_float("feature_fps", None, "Feature steps per second (npy / HDF5).",
                      flag_values=fv)
+  flags.DEFINE_string("video", None, "A video file or a folder of videos: the frames of a "
+                      "model reading frames (alone), or of a model reading features and frames "
+                      "(with one feature source, matched by video id); for a feature model, "
+                      "featurized with --feature_extractor. As in infer_main.", flag_values=fv)
+  flags.DEFINE_string("feature_extractor", None, "feature_extractor.json (with --video and a "
+                      "model reading features only).", flag_values=fv)
+  flags.DEFINE_float("frame_rate", None, "With --video and a model reading frames: frames "
+                     "per second to decode at (default: the rate in --model_info).",
+                     flag_values=fv)
+  flags.DEFINE_string("model_info", None, "The served version's model_info.json (or its "
+                      "version directory): the frame rate a frames model was trained on and "
+                      "the model's stream order (default: the model_info.json beside "
+                      "--label_map, if any).", flag_values=fv)
   flags.DEFINE_list("video_ids", None, "Only these videos.", flag_values=fv)
   flags.DEFINE_string("label_map", None, "Label map for class names (the exported "
                       "<version>/label_map.pbtxt).", flag_values=fv)
@@ -289,6 +400,32 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_float("timeout", 60.0, "Seconds per request.", flag_values=fv)
 
 
+def served_model_info(fv):
+  """(model_info dict or None, where it came from): --model_info (a file or a version
+  directory), else the model_info.json beside --label_map."""
+  path = getattr(fv, "model_info", None)
+  if path:
+    if os.path.isdir(path):
+      path = os.path.join(path, MODEL_INFO_NAME)
+    if not os.path.isfile(path):
+      raise app.UsageError(f"--model_info {fv.model_info!r}: no such file (give the served "
+                           "version's model_info.json or its directory)")
+  elif fv.label_map:
+    path = os.path.join(os.path.dirname(os.path.abspath(fv.label_map)), MODEL_INFO_NAME)
+    if not os.path.isfile(path):
+      return None, None
+  else:
+    return None, None
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except (OSError, ValueError) as e:
+    raise app.UsageError(f"{path}: not a readable model_info.json ({e})") from None
+  if not isinstance(info, dict):
+    raise app.UsageError(f"{path}: not a model_info.json (a JSON object expected)")
+  return info, path
+
+
 def make_predictor(fv):
   """GrpcPredictor or RestPredictor from --server / --rest_url."""
   if bool(fv.server) == bool(fv.rest_url):
@@ -300,12 +437,26 @@ def make_predictor(fv):
   return RestPredictor(fv.rest_url, fv.model_name, fv.model_version, fv.timeout)
 
 
+def _check_frame_rate(fv, detector, info_path):
+  """A model reading frames needs their rate, which its signature does not carry."""
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
+  frames = [s for s, d in detector.stream_dims.items() if stream_spec.is_frames(d)]
+  if not frames or fv.frame_rate or detector.stream_dims[frames[0]].fps:
+    if fv.frame_rate is not None and not fv.frame_rate > 0:
+      raise app.UsageError(f"--frame_rate: must be > 0 frames per second, got {fv.frame_rate}")
+    return
+  where = f"{info_path} records none" if info_path else "no --model_info"
+  raise app.UsageError(f"this model reads the frames stream {frames[0]!r} at a rate its "
+                       f"signature does not carry ({where}): give --frame_rate or "
+                       "--model_info=<export version dir>/model_info.json")
+
+
 def run(fv, predictor=None):
   """Sends every video's features to the server and writes the results JSON; returns the
   tal_tf InferenceResult."""
   from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
-  from tal_tf.dataset_tools import feature_readers  # pylint: disable=g-import-not-at-top
   from tal_tf.evaluation import io as eval_io  # pylint: disable=g-import-not-at-top
+  from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
   from tal_tf.inference import inference_lib  # pylint: disable=g-import-not-at-top
   if not fv.output:
     raise app.UsageError("--output is required")
@@ -313,15 +464,12 @@ def run(fv, predictor=None):
   # classes are written as class_<id> comes once there are results to write.
   names = (label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
            if fv.label_map else None)
+  info, info_path = served_model_info(fv)
   predictor = predictor or make_predictor(fv)
   try:
-    detector = ServingDetector(predictor)
-    try:
-      source = feature_readers.open_source(
-          detector.stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,
-          tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=fv.video_ids)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
+    detector = ServingDetector(predictor, model_info=info)
+    _check_frame_rate(fv, detector, info_path)
+    source = infer_main.feature_source(fv, detector.stream_dims)
     result = inference_lib.run_inference(
         detector, source, window_steps=fv.window_steps, window_overlap=fv.window_overlap,
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
