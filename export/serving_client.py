@@ -440,10 +440,11 @@ def make_predictor(fv):
 def _check_frame_rate(fv, detector, info_path):
   """A model reading frames needs their rate, which its signature does not carry."""
   from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
+  if fv.frame_rate is not None and not fv.frame_rate > 0:
+    raise app.UsageError(f"--frame_rate: must be > 0 frames per second, got {fv.frame_rate}")
   frames = [s for s, d in detector.stream_dims.items() if stream_spec.is_frames(d)]
-  if not frames or fv.frame_rate or detector.stream_dims[frames[0]].fps:
-    if fv.frame_rate is not None and not fv.frame_rate > 0:
-      raise app.UsageError(f"--frame_rate: must be > 0 frames per second, got {fv.frame_rate}")
+  # Without --video, the source's usage error says what to give.
+  if not frames or not fv.video or fv.frame_rate or detector.stream_dims[frames[0]].fps:
     return
   where = f"{info_path} records none" if info_path else "no --model_info"
   raise app.UsageError(f"this model reads the frames stream {frames[0]!r} at a rate its "
