@@ -1,4 +1,4 @@
-r"""Client for a tal_tf model served by TensorFlow Serving: feature files -> results JSON.
+r"""Client for a tal_tf model served by TensorFlow Serving: feature files or videos -> results JSON.
 
   # gRPC (port 8500 of tensorflow/serving):
   python export/serving_client.py --server=localhost:8500 --model_name=tal_net \
@@ -6,17 +6,41 @@ r"""Client for a tal_tf model served by TensorFlow Serving: feature files -> res
       --label_map=serving/tal_net/1/label_map.pbtxt --output=results.json
   # REST (port 8501) instead:
   python export/serving_client.py --rest_url=http://localhost:8501 --model_name=tal_net ...
+  # A model reading frames (S-CNN with the C3D backbone): videos, decoded at its frame rate
+  python export/serving_client.py --server=localhost:8500 --model_name=scnn_c3d \
+      --video=videos/ --model_info=serving/scnn_c3d/1 --window_steps=512 --output=results.json
+  # A model reading features and frames (ETP with the frame Actionness Network): both
+  python export/serving_client.py --server=localhost:8500 --model_name=etp \
+      --features=rgb:feats/rgb,flow:feats/flow --feature_fps=0.625 --video=videos/ \
+      --label_map=serving/etp/1/label_map.pbtxt --output=results.json
 
-The stream names and dims are read from the served signature (model metadata), so the
-client needs no config. Long videos are sent in overlapping windows (`--window_steps`,
-`--window_overlap`) and merged by per-class NMS exactly like the offline inference CLI
-(`python -m tal_tf.inference.infer_main`), which shares the feature readers and the merge.
+The stream names and their kinds are read from the served signature (model metadata), so
+the client needs no config: a float32 [-1, -1, D] input is a feature stream, a uint8
+[-1, -1, H, W, 3] input a frames stream, num_steps / feature_fps / num_frames / fps /
+examples are not streams, and anything else is a one-line error naming the input. The inputs
+are chosen as in the offline inference CLI (`python -m tal_tf.inference.infer_main`, whose
+feature_source this client calls): a feature model takes one of --features, --hdf5_features,
+--tfrecords (or --video with --feature_extractor); a frames model --video alone (a file or a
+folder), decoded at the model's frame size and rate and sent as uint8 frames + num_frames +
+fps; a model reading features and one frames stream a feature source and --video, matched by
+video id, each window with the frames of its time span. The signature does not carry the
+frame rate: it comes from --frame_rate, else from the served version's model_info.json
+(--model_info, a file or the version directory; default the model_info.json beside
+--label_map, which the export writes beside label_map.pbtxt); a frames model with neither is
+a one-line usage error. model_info.json also gives the model's stream order (the signature's
+is alphabetical), which splits a concatenated --hdf5_features file as infer_main does.
+
+Long videos are sent in overlapping windows (`--window_steps`, in feature steps, or in
+frames for a frames model; `--window_overlap`) and merged by per-class NMS exactly like
+infer_main, which shares the readers, the windowing and the merge (run_inference), so both
+write the same results JSON for the same export and inputs.
 
 Request / response helpers (usable on their own):
   build_predict_request(inputs, model_name, ...) -> predict_pb2.PredictRequest
   parse_predict_response(response) -> {output name: numpy array}
   build_rest_request(inputs, ...) -> JSON-able dict; parse_rest_response(body) -> dict
-  signature_from_metadata(...) -> (stream_dims, max_detections)
+  (float32, int32, int64 and uint8 tensors; REST sends uint8 frames as integer lists)
+  signature_from_metadata(...) -> ServedSignature(stream_dims, max_detections, side_stream)
 """
 
 import collections
