@@ -67,7 +67,6 @@ FPS_INPUT = "fps"
 # repeated here so that the request helpers need no tal_tf import).
 NON_STREAM_INPUTS = (NUM_STEPS_INPUT, FEATURE_FPS_INPUT, "examples", NUM_FRAMES_INPUT,
                      FPS_INPUT)
-MODEL_INFO_NAME = "model_info.json"
 # gRPC refuses messages above 4 MB by default; one 10-minute two-stream I3D video is ~3 MB.
 MAX_MESSAGE_BYTES = 1 << 30
 
@@ -427,26 +426,22 @@ def define_flags(flag_values=flags.FLAGS):
 def served_model_info(fv):
   """(model_info dict or None, where it came from): --model_info (a file or a version
   directory), else the model_info.json beside --label_map."""
+  from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
   path = getattr(fv, "model_info", None)
   if path:
     if os.path.isdir(path):
-      path = os.path.join(path, MODEL_INFO_NAME)
+      path = os.path.join(path, exporter_lib.MODEL_INFO_NAME)
     if not os.path.isfile(path):
       raise app.UsageError(f"--model_info {fv.model_info!r}: no such file (give the served "
                            "version's model_info.json or its directory)")
   elif fv.label_map:
-    path = os.path.join(os.path.dirname(os.path.abspath(fv.label_map)), MODEL_INFO_NAME)
+    path = os.path.join(os.path.dirname(os.path.abspath(fv.label_map)),
+                        exporter_lib.MODEL_INFO_NAME)
     if not os.path.isfile(path):
       return None, None
   else:
     return None, None
-  try:
-    with open(path) as f:
-      info = json.load(f)
-  except (OSError, ValueError) as e:
-    raise app.UsageError(f"{path}: not a readable model_info.json ({e})") from None
-  if not isinstance(info, dict):
-    raise app.UsageError(f"{path}: not a model_info.json (a JSON object expected)")
+  info = exporter_lib.read_model_info(os.path.dirname(os.path.abspath(path)))
   return info, path
 
 
@@ -515,6 +510,10 @@ def main(argv):
   if result.stats.get("empty_videos"):
     print(f"{result.stats['empty_videos']} videos have no feature steps (empty feature "
           "files?): written with no detections", file=sys.stderr)
+  if result.stats.get("frame_unaligned_videos"):
+    print(f"{result.stats['frame_unaligned_videos']} videos: frame and feature rates without "
+          "whole-frame window starts; each window got the frames nearest its span (off by at "
+          "most half a frame)", file=sys.stderr)
   if result.skipped:
     print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
   return 0 if result.detections else 1
