@@ -169,3 +169,29 @@ def test_rest_client_with_windows_matches_offline_inference(served, tmp_path):
   infer_main.run(fv)
   with open(output) as a, open(offline) as b:
     assert json.load(a) == json.load(b)
+
+
+def test_concatenated_hdf5_is_split_in_the_model_stream_order(served, tmp_path):
+  """The signature lists streams alphabetically (flow, rgb); model_info.json (here the one
+  beside --label_map) gives the model's order (rgb, flow), in which a single HDF5 file of
+  [T, 12 + 8] is concatenated, as infer_main reads it."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
+  assert list(tiny_model.STREAM_DIMS) == ["rgb", "flow"]
+  path = str(tmp_path / "feats.h5")
+  with h5py.File(path, "w") as f:
+    for i, t in enumerate((40, 21)):
+      values = tiny_model.random_features(t, 200 + i)
+      f.create_dataset(f"video_{i}", data=np.concatenate([values["rgb"], values["flow"]], 1))
+  output, offline = str(tmp_path / "served.json"), str(tmp_path / "offline.json")
+  with serving_stand_ins.grpc_server(served) as (address, _):
+    client.run(_client_flags(f"--server={address}", f"--hdf5_features={path}",
+                             "--feature_fps=1.0", f"--output={output}",
+                             f"--label_map={served['export_dir']}/label_map.pbtxt"))
+  infer_main.run(cli_util.parse_flags(
+      infer_main, f"--saved_model_dir={served['export_dir']}", f"--hdf5_features={path}",
+      "--feature_fps=1.0", f"--output={offline}"))
+  with open(output) as a, open(offline) as b:
+    got = json.load(a)
+    assert got == json.load(b)
+  assert sum(len(v) for v in got["results"].values()) > 0

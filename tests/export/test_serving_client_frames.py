@@ -172,3 +172,24 @@ def test_wrong_combinations_are_one_line_errors(setup, tmp_path, args, message):
       client.run(fv)
   assert "\n" not in str(error.value)
   assert not service.requests and not os.path.exists(tmp_path / "r.json")
+
+
+def test_cli_without_a_frame_rate_prints_one_line(setup, tmp_path):
+  """The script in its own process against the stand-in server: one usage line, no request,
+  no output."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  env.pop("TAL_TF_TRACEBACK", None)
+  with serving_stand_ins.grpc_server(setup["served"]) as (address, service):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(root, "export", "serving_client.py"),
+         f"--server={address}", f"--video={setup['videos']}",
+         f"--output={tmp_path / 'out.json'}"],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr  # Usage.
+  assert lines[-1].startswith("serving_client: error: this model reads the frames stream "
+                              "'frames' at a rate"), proc.stderr
+  assert not service.requests and not (tmp_path / "out.json").exists()
