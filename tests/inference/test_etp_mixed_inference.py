@@ -299,3 +299,17 @@ def test_serving_client_equals_the_cli_in_windows(setup, loaded_once, tmp_path):
     got, want = json.load(a), json.load(b)
   assert got == want
   assert sum(len(v) for v in got["results"].values()) > 0
+
+
+def test_serving_client_without_video_is_a_usage_error(setup, tmp_path):
+  from tests.export import cli_loader  # pylint: disable=g-import-not-at-top
+  client = cli_loader.load_serving_client()
+  served = serving_stand_ins.load_served(setup["export_dir"], loaded=setup["serving"])
+  with serving_stand_ins.grpc_server(served) as (address, service):
+    fv = cli_util.parse_flags(client, f"--server={address}", f"--features=rgb:{setup['rgb']}",
+                              f"--feature_fps={FEATURE_FPS}", f"--output={tmp_path / 'r.json'}")
+    with pytest.raises(app.UsageError, match=r"^this model reads feature streams and the "
+                                             r"frames stream 'frames': give one of --features, "
+                                             r"--hdf5_features or --tfrecords and --video$"):
+      client.run(fv)
+  assert not service.requests
