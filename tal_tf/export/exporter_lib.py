@@ -737,11 +737,13 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
     version = choose_version(output_directory, model_version, overwrite)
     label_map = _label_map_source(config, label_map_path)
     module = build_detection_module(config, checkpoint, max_detections=max_detections)
-    training_rates = training_rates_of(checkpoint)
+    # The model_dir given (a checkpoint state file may name prefixes elsewhere).
+    training_rates = training_rates_of(trained_checkpoint)
     if training_rates is None:
       logging.warning("%s has no %s (trained before the rates were recorded): the export "
                       "records no training feature rates and inference cannot check the rate "
-                      "it is given", checkpoint_model_dir(checkpoint), feature_rates.SUMMARY_NAME)
+                      "it is given", checkpoint_model_dir(trained_checkpoint),
+                      feature_rates.SUMMARY_NAME)
   except Exception:
     # A bad checkpoint or config leaves no empty model base path (which TF Serving, pointed
     # at it, would report as a model without versions).
