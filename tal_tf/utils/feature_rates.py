@@ -261,7 +261,7 @@ class RateCheck:
   """Checks the rates (and, where known, the durations) of the videos inference runs on.
 
   training: the model's summary (model_info.json "training_feature_fps"), or None (an
-  older model: rates are not checked, said once). model: the model or export dir named in
+  older model: rates are not checked, said once with the first video). model: the model or export dir named in
   messages. allow: warn instead of failing (the override flag). length_tolerance: as the
   converter's --length_tolerance.
   """
@@ -274,9 +274,6 @@ class RateCheck:
     self.length_tolerance = float(length_tolerance)
     self.override_flag = override_flag
     self._warned = set()
-    if training is None:
-      logging.warning("%s records no training feature rates (exported or trained before "
-                      "they were recorded): the feature rate is not checked", model)
 
   def _fail(self, message, key):
     if not self.allow:
@@ -315,5 +312,11 @@ class RateCheck:
     a string, or a function of the Video naming where its rate comes from."""
     for video_id, video in source:
       if not isinstance(video, Exception):
+        if self.training is None and "unchecked" not in self._warned:
+          # Said with the first video, not before: a CLI failing earlier (an unreachable
+          # server) then reports one line only.
+          self._warned.add("unchecked")
+          logging.warning("%s records no training feature rates (exported or trained before "
+                          "they were recorded): the feature rate is not checked", self.model)
         self.check_video(video, what(video) if callable(what) else what)
       yield video_id, video

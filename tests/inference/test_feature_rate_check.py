@@ -158,4 +158,5 @@ def test_a_model_without_recorded_rates_is_not_checked(npy, tmp_path, tmp_path_f
                                  f"--features={npy}", "--feature_fps=16.0",
                                  f"--output={tmp_path / 'results.json'}"))
   assert sorted(result.detections) == sorted(LENGTHS)
-  assert len(warnings) == 1 and "records no training feature rates" in warnings[0]
+  # Once, not per video (absl's other warnings are caught here too).
+  assert sum("the feature rate is not checked" in w for w in warnings) == 1
