@@ -284,13 +284,9 @@ def define_flags(flag_values=flags.FLAGS):
                       "version directory), whose training_feature_fps the rate is checked "
                       "against (default: the model_info.json beside --label_map; neither: "
                       "not checked, with a warning).", flag_values=fv)
-  flags.DEFINE_boolean("allow_feature_fps_mismatch", False, "Run even when the feature rate "
-                       "is outside the training rates widened by a factor 1.25 or disagrees "
-                       "with a record's duration (warnings instead of errors).",
-                       flag_values=fv)
-  flags.DEFINE_float("length_tolerance", 0.1, "Relative tolerance (2-step floor) of num_steps "
-                     "vs a record's duration x feature_fps, as in create_tfrecord.",
-                     lower_bound=0.0, flag_values=fv)
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  feature_rates.define_check_flags(fv, "--feature_fps, a record's video/feature_fps",
+                                   "records' video/duration")
   flags.DEFINE_list("video_ids", None, "Only these videos.", flag_values=fv)
   flags.DEFINE_string("label_map", None, "Label map for class names (the exported "
                       "<version>/label_map.pbtxt).", flag_values=fv)

@@ -92,16 +92,10 @@ def define_flags(flag_values=flags.FLAGS):
                      "--hdf5_features; TFRecords carry their own). Checked against the rates "
                      "the model was trained on (model_info.json training_feature_fps): a "
                      "rate outside [min / 1.25, max * 1.25] is an error.", flag_values=fv)
-  flags.DEFINE_boolean("allow_feature_fps_mismatch", False, "Run even when the feature rate "
-                       "(--feature_fps, a record's video/feature_fps, --frame_rate) is outside "
-                       "the model's training rates widened by a factor 1.25, or when a video's "
-                       "num_steps / rate disagrees with its known duration (warnings instead "
-                       "of errors).", flag_values=fv)
-  flags.DEFINE_float("length_tolerance", 0.1, "Relative tolerance (with a 2-step floor) of "
-                     "num_steps vs duration x feature_fps where the duration is known apart "
-                     "from the features (records' video/duration; the video of --video with "
-                     "a feature source), as in create_tfrecord.", lower_bound=0.0,
-                     flag_values=fv)
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  feature_rates.define_check_flags(
+      fv, "--feature_fps, a record's video/feature_fps, --frame_rate",
+      "records' video/duration; the video of --video with a feature source")
   flags.DEFINE_string("annotations", None, "Annotation JSON; with --subset, only that "
                       "subset's videos are processed.", flag_values=fv)
   flags.DEFINE_string("subset", None, "Subset of --annotations to process (case-insensitive, "

@@ -36,11 +36,10 @@ import os
 
 from absl import logging
 from google.protobuf.message import DecodeError
-import tensorflow as tf
 
 from tal_tf.core.standard_fields import SequenceExampleFields as SEF
-from tal_tf.data import deterministic_order
-from tal_tf.data import input_pipeline
+# TensorFlow and the data modules are imported where used: the CLIs define their flags
+# (define_check_flags) before they load TensorFlow.
 
 SUMMARY_NAME = "training_feature_fps.json"
 MODEL_INFO_KEY = "training_feature_fps"
@@ -80,6 +79,8 @@ def record_contexts(path):
   SequenceExamples, reading only the context bytes: serializers write the context (field
   1) before the feature lists, so the features or JPEG frames are skipped with seeks. A
   record laid out otherwise is parsed whole. A truncated last record is not read."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tal_tf.data import deterministic_order  # pylint: disable=g-import-not-at-top
   with tf.io.gfile.GFile(path, "rb") as f:
     for offset, length in deterministic_order.record_spans(path, f):
       f.seek(offset)
@@ -104,6 +105,7 @@ def scan_rates(file_patterns, field="train_input_reader", skip_corrupt=False):
   several records counts once). A record without a positive video/feature_fps is a
   ValueError naming the file and the record; so is one that does not parse, unless
   `skip_corrupt` (the reader skips damaged files then)."""
+  from tal_tf.data import input_pipeline  # pylint: disable=g-import-not-at-top
   try:
     files = input_pipeline.list_files(list(file_patterns))
   except ValueError as e:
@@ -169,6 +171,7 @@ def summary_path(model_dir):
 
 def read_summary(model_dir):
   """The training rate summary of `model_dir` (dict), or None when it has none."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path = summary_path(model_dir)
   if not tf.io.gfile.exists(path):
     return None
@@ -185,6 +188,7 @@ def read_summary(model_dir):
 
 def write_summary(model_dir, summary):
   """Writes `summary` to <model_dir>/training_feature_fps.json atomically; returns the path."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
   path = summary_path(model_dir)
   text = json.dumps(summary, indent=2, sort_keys=True)
@@ -240,6 +244,23 @@ def for_model_info(summary):
 
 
 # --------------------------------------------------------------------------- inference
+def define_check_flags(flag_values, rate_sources, duration_sources):
+  """Defines --allow_feature_fps_mismatch and --length_tolerance on `flag_values` (the
+  inference CLI's and the serving client's); the *_sources name, in the help, where a CLI
+  takes its rates and known durations from."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_boolean(
+      OVERRIDE_FLAG[2:], False, f"Run even when the feature rate ({rate_sources}) is outside "
+      f"the model's training rates widened by a factor {TOLERANCE:g}, or when a video's "
+      "num_steps / rate disagrees with its known duration (warnings instead of errors).",
+      flag_values=flag_values)
+  flags.DEFINE_float(
+      "length_tolerance", 0.1, "Relative tolerance (with a 2-step floor) of num_steps vs "
+      f"duration x feature_fps where the duration is known apart from the features "
+      f"({duration_sources}), as in create_tfrecord.", lower_bound=0.0,
+      flag_values=flag_values)
+
+
 def accepted_range(summary, tolerance=TOLERANCE):
   """(lo, hi) rates accepted for a model trained at `summary`'s rates."""
   return float(summary["min"]) / tolerance, float(summary["max"]) * tolerance

@@ -6,6 +6,7 @@ Predict / GetModelMetadata (gRPC) and :predict / metadata (REST) messages in-pro
 requests the client sends and the responses it parses are TF Serving's own protos / JSON.
 """
 from concurrent import futures
+import contextlib
 import http.server
 import json
 import os
@@ -179,13 +180,22 @@ def _check_results(path, expected):
     assert list(got[video]["labels"]) == exp["labels"]
 
 
-def test_grpc_client_turns_features_into_results_json(served, tmp_path):
+@contextlib.contextmanager
+def _grpc_server(served):
+  """A gRPC server on a free local port answering from `served`: yields (service, port)."""
   service = _PredictionService(served)
   server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
   port = server.add_insecure_port("127.0.0.1:0")
   server.start()
   try:
+    yield service, port
+  finally:
+    server.stop(0)
+
+
+def test_grpc_client_turns_features_into_results_json(served, tmp_path):
+  with _grpc_server(served) as (service, port):
     lengths = (33, 12)
     features = _write_npy_features(str(tmp_path), lengths)
     output = str(tmp_path / "results.json")
@@ -194,8 +204,6 @@ def test_grpc_client_turns_features_into_results_json(served, tmp_path):
                        f"--label_map={served['export_dir']}/label_map.pbtxt",
                        f"--output={output}", "--batch_size=2")
     result = client.run(fv)
-  finally:
-    server.stop(0)
   assert not result.skipped
   assert len(service.requests) == 1  # Both videos in one batched request.
   assert service.requests[0].model_spec.name == "tal_net"
@@ -311,12 +319,7 @@ def test_client_checks_each_records_rate_and_the_override_runs(served, tmp_path,
     writer.write(sequence_example.make_sequence_example(
         "far", 12 / 5.0, 5.0, tiny_model.random_features(12, 3), np.zeros((0, 2)), [],
         []).SerializeToString())
-  service = _PredictionService(served)
-  server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-  port = server.add_insecure_port("127.0.0.1:0")
-  server.start()
-  try:
+  with _grpc_server(served) as (service, port):
     args = [f"--server=127.0.0.1:{port}", f"--tfrecords={records}",
             f"--model_info={rated['export_dir']}", f"--output={tmp_path / 'r.json'}"]
     with pytest.raises(feature_rates.FeatureRateError,
@@ -324,7 +327,5 @@ def test_client_checks_each_records_rate_and_the_override_runs(served, tmp_path,
       client.run(_client_flags(*args))
     assert not service.requests
     result = client.run(_client_flags(*args, "--allow_feature_fps_mismatch"))
-  finally:
-    server.stop(0)
   assert sorted(result.detections) == ["far"] and len(service.requests) == 1
   np.testing.assert_allclose(tf.make_ndarray(service.requests[0].inputs["feature_fps"]), [5.0])
