@@ -15,7 +15,8 @@ A model reading frames (e.g. S-CNN with the C3D backbone) takes --video alone: e
 decoded at the frame rate and size recorded in its model_info.json (--frame_rate overrides).
 A model reading feature streams and a frames stream (ETP with the frame Actionness Network)
 takes a feature source and --video, matched by video id (a video lacking either part is
-skipped, named on stderr); it runs whole videos (no windowing: --window_steps=0):
+skipped, named on stderr); each feature window gets the frames of its time span, with window
+starts kept on whole frames (tal_tf/inference/windowing.py):
 
   python -m tal_tf.inference.infer_main --saved_model_dir=serving/etp \
       --features=rgb:feats/rgb,flow:feats/flow --feature_fps=0.625 --video=videos/ \
@@ -277,11 +278,6 @@ def run(fv):
   window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
   overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
   iou = defaults["nms_iou_threshold"] if fv.nms_iou_threshold is None else fv.nms_iou_threshold
-  if detector.side_stream is not None and window_steps > 0:
-    # The frames would have to be cut at each feature window's time span; not done.
-    raise app.UsageError(f"--window_steps {window_steps}: a model reading feature streams and "
-                         f"the frames stream {detector.side_stream!r} runs whole videos only "
-                         "(--window_steps=0)")
   # Before the work: a rate far from the training rates gives wrong times, not an error.
   check = inference_lib.rate_check(detector, allow=fv.allow_feature_fps_mismatch,
                                    length_tolerance=fv.length_tolerance)
@@ -325,6 +321,10 @@ def main(argv):
   if stats.get("empty_videos"):
     print(f"{stats['empty_videos']} videos have no feature steps (empty feature files?): "
           "written with no detections", file=sys.stderr)
+  if stats.get("frame_unaligned_videos"):
+    print(f"{stats['frame_unaligned_videos']} videos: frame and feature rates without "
+          "whole-frame window starts; each window got the frames nearest its span (off by at "
+          "most half a frame)", file=sys.stderr)
   if result.skipped:
     print(json.dumps({"skipped": result.skipped}, indent=1), file=sys.stderr)
   return 0 if result.detections else 1

@@ -15,7 +15,10 @@ frames stream, num_frames and fps):
 windows in batches of `batch_size` (padded to the longest in the batch), shifts each window's
 detections to whole-video seconds and merges a video's windows by per-class NMS. At any
 time it holds one batch of windows of features plus the detections of unfinished videos,
-so memory does not grow with video length beyond the (small) detection lists.
+so memory does not grow with video length beyond the (small) detection lists. A model with a
+frames stream gets, with each window, the frames of the window's time span
+(`windowing.frame_window`, frame-aligned window starts); the mixed source keeps a video's
+frames JPEG-encoded and decodes only those of the windows in the current batch.
 """
 
 import collections
@@ -174,9 +177,33 @@ class CheckpointDetector:
     return {k: v.numpy() for k, v in self._fn(inputs).items()}
 
 
+class _FrameSpan:
+  """Frames [a, b) of a video's frames object (same interface: stream, fps, num_frames,
+  read(x, y) relative to a)."""
+
+  def __init__(self, frames, a, b):
+    self.stream, self.fps = frames.stream, frames.fps
+    self._frames, self._a = frames, a
+    self.num_frames = b - a
+
+  def read(self, x, y):
+    return self._frames.read(self._a + x, self._a + y)
+
+
+def _window_frames(video, start, end):
+  """The frames object to pass with feature steps [start, end) of `video` (a whole video's
+  frames when the window is the whole video)."""
+  frames = video.frames
+  if start == 0 and end >= video.num_steps:
+    return frames
+  a, b = windowing.frame_window(start, end, video.feature_fps, frames.fps, frames.num_frames)
+  return _FrameSpan(frames, a, b)
+
+
 def _side_batch(name, spec, frames):
   """(frames uint8 [B, F_max, H, W, 3] zero-padded, num_frames int32 [B], fps float32 [B]) of
-  whole videos' decoded frames (`video_source.MixedVideoSource` frames objects)."""
+  videos' or windows' decoded frames (`video_source.MixedVideoSource` frames objects or
+  `_FrameSpan`s)."""
   counts = np.array([f.num_frames for f in frames], np.int32)
   batch = np.zeros([len(frames), int(counts.max())] + stream_spec.step_shape(spec), np.uint8)
   for i, f in enumerate(frames):
@@ -310,7 +337,8 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
       out = detector(features, num_steps, fps)
     else:
       out = detector(features, num_steps, fps, _side_batch(
-          side, detector.stream_dims[side], [c[0].video.frames for c in chunks]))
+          side, detector.stream_dims[side],
+          [_window_frames(c[0].video, c[1], c[1] + c[2]) for c in chunks]))
     stats["batches"] += 1
     stats["windows"] += len(chunks)
     for i, (state, start, _, _) in enumerate(chunks):
@@ -347,17 +375,23 @@ def run_inference(detector, source, window_steps=0, window_overlap=0.25, batch_s
       if (detector.model_info or {}).get("has_proposals", True):
         proposals[video_id] = dict(segments=np.zeros((0, 2)), scores=np.zeros(0))
       continue
-    windows = windowing.plan_windows(video.num_steps, window_steps, window_overlap)
+    quantum = 1
     if side is not None:
       if getattr(video, "frames", None) is None:
         skipped[video_id] = f"video {video_id}: no frames for the model's {side!r} stream"
         continue
-      if len(windows) > 1:
-        # The frames are not cut to a feature window's time span: whole videos only.
-        raise ValueError(
-            f"video {video_id}: {video.num_steps} feature steps > window_steps {window_steps}, "
-            f"but a model reading feature streams and the frames stream {side!r} runs whole "
-            "videos only (window_steps 0)")
+      if 0 < window_steps < video.num_steps:
+        # Frame-aligned window starts (windowing module docstring).
+        quantum = windowing.frame_quantum(video.feature_fps, video.frames.fps)
+        if quantum is None:
+          quantum = 1
+          stats["frame_unaligned_videos"] += 1
+          logging.warning(
+              "video %s: %g frames/s against %g feature steps/s has no whole-frame window start "
+              "within %d steps; each window gets the frame nearest its start (off by at most "
+              "half a frame)", video_id, video.frames.fps, video.feature_fps,
+              windowing.MAX_FRAME_QUANTUM)
+    windows = windowing.plan_windows(video.num_steps, window_steps, window_overlap, quantum)
     state = _VideoState(video, len(windows))
     for start, length in windows:
       batch.append((state, start, length))

@@ -13,6 +13,11 @@ Every tal_tf CLI calls `cli.run(main)` instead of `absl.app.run(main)`:
 - Ctrl-C: one line, exit code 130.
 
 Their messages already name the file, field or flag; a traceback would only bury them.
+
+Where the home folder cannot hold matplotlib's configuration (a read-only or missing home, as
+in containers and sandboxes), `run` points MPLCONFIGDIR at a per-user folder in the system's
+temporary folder first: matplotlib (imported by the evaluator's plots and by Model Garden)
+would otherwise print a multi-line warning on every run and rebuild its font cache each time.
 Anything else (a bug) keeps its traceback, and TAL_TF_TRACEBACK=1 shows the traceback of
 library errors too. This module does not import TensorFlow (some CLIs run without it).
 """
@@ -22,6 +27,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -131,6 +137,35 @@ def parse_flags(argv):
   return rest
 
 
+MPLCONFIGDIR_ENV = "MPLCONFIGDIR"
+
+
+def _writable_or_creatable(path):
+  """True when `path` is a writable folder, or its nearest existing ancestor is one."""
+  while path and not os.path.exists(path):
+    parent = os.path.dirname(path)
+    if parent == path:
+      return False
+    path = parent
+  return bool(path) and os.path.isdir(path) and os.access(path, os.W_OK)
+
+
+def matplotlib_config_dir(environ=None):
+  """MPLCONFIGDIR to set, or None when matplotlib's default folder is usable (or the user
+  chose one): the default is $XDG_CONFIG_HOME/matplotlib, else ~/.config/matplotlib."""
+  environ = os.environ if environ is None else environ
+  if environ.get(MPLCONFIGDIR_ENV):
+    return None
+  base = environ.get("XDG_CONFIG_HOME") or os.path.join(
+      environ.get("HOME") or os.path.expanduser("~"), ".config")
+  if _writable_or_creatable(os.path.join(base, "matplotlib")):
+    return None
+  return os.path.join(tempfile.gettempdir(), f"tal_tf-matplotlib-{os.getuid()}")
+
+
 def run(main, argv=None, errors=()):
   """`absl.app.run(main)` with one-line errors: the entry point of every tal_tf CLI."""
+  config_dir = matplotlib_config_dir()
+  if config_dir:
+    os.environ[MPLCONFIGDIR_ENV] = config_dir
   app.run(guard(main, errors), argv=argv, flags_parser=parse_flags)

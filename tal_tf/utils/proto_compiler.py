@@ -21,7 +21,9 @@ Sources import each other as "tal_tf/protos/<name>.proto"; the virtual path mapp
 import glob
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTO_SRC_DIR = os.path.join(REPO_ROOT, "protos")
@@ -82,7 +84,12 @@ def is_stale(src_dir=PROTO_SRC_DIR, out_dir=PROTO_OUT_DIR):
 
 
 def compile_protos(src_dir=PROTO_SRC_DIR, out_root=REPO_ROOT):
-  """Runs protoc on every .proto in `src_dir`, writing `out_root`/tal_tf/protos/*_pb2.py."""
+  """Runs protoc on every .proto in `src_dir`, writing `out_root`/tal_tf/protos/*_pb2.py.
+
+  protoc writes into a private staging folder beside the output; each module is then moved into
+  place with an atomic rename, so a process importing the package meanwhile (e.g. a second
+  pytest worker) reads either the old module or the new one, never a half-written file.
+  """
   from grpc_tools import protoc  # pylint: disable=g-import-not-at-top
   import grpc_tools  # pylint: disable=g-import-not-at-top
 
@@ -93,11 +100,18 @@ def compile_protos(src_dir=PROTO_SRC_DIR, out_root=REPO_ROOT):
   os.makedirs(out_dir, exist_ok=True)
   well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
   virtual = [f"tal_tf/protos/{os.path.basename(p)}" for p in sources]
-  args = ["protoc", f"-Ital_tf/protos={src_dir}", f"-I{well_known}",
-          f"--python_out={out_root}"] + virtual
-  code = protoc.main(args)
-  if code != 0:
-    raise RuntimeError(f"protoc failed (exit {code}) compiling {src_dir}: {' '.join(args)}")
+  staging = tempfile.mkdtemp(prefix=".protoc-", dir=out_dir)
+  try:
+    args = ["protoc", f"-Ital_tf/protos={src_dir}", f"-I{well_known}",
+            f"--python_out={staging}"] + virtual
+    code = protoc.main(args)
+    if code != 0:
+      raise RuntimeError(f"protoc failed (exit {code}) compiling {src_dir}: {' '.join(args)}")
+    staged = os.path.join(staging, "tal_tf", "protos")
+    for proto in sources:
+      os.replace(_generated_path(proto, staged), _generated_path(proto, out_dir))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   init = os.path.join(out_dir, "__init__.py")
   if not os.path.exists(init):
     open(init, "w").close()

@@ -1,7 +1,8 @@
 """`infer_main` on a model reading feature streams and a frames stream (ETP with the frame
 Actionness Network): features from .npy files and frames decoded from --video, matched by
 video id; the CLI's detections equal the exported signature run on the same inputs; a
-video lacking either part is skipped and named; windowing is refused."""
+video lacking either part is skipped and named; long videos run in windows, each with the
+frames of its time span."""
 import json
 import os
 
@@ -19,6 +20,7 @@ from tal_tf.export import exporter_lib
 from tal_tf.inference import infer_main
 from tal_tf.inference import inference_lib
 from tal_tf.inference import video_source
+from tal_tf.inference import windowing
 from tal_tf.utils import config_util
 from tal_tf.video import synthetic
 from tests import cli_util
@@ -206,14 +208,67 @@ def test_a_missing_part_is_a_usage_error(setup, loaded_once, tmp_path, args, mes
     infer_main.run(fv)
 
 
-def test_windowing_is_refused(setup, loaded_once, tmp_path):
-  with pytest.raises(app.UsageError, match=r"--window_steps 4: .*frames.*--window_steps=0"):
-    infer_main.run(_cli_flags(setup, str(tmp_path / "r.json"), "--window_steps=4"))
-  # The library refuses too when a video needs more than one window.
-  detector = setup["detector"]
+class _Spy:
+  """The fixture's detector, recording every call's inputs."""
+
+  def __init__(self, detector):
+    self._detector = detector
+    self.stream_dims, self.side_stream = detector.stream_dims, detector.side_stream
+    self.max_detections, self.model_info = detector.max_detections, detector.model_info
+    self.calls = []
+
+  def __call__(self, features, num_steps, feature_fps, side=None):
+    self.calls.append((features, num_steps, feature_fps, side))
+    return self._detector(features, num_steps, feature_fps, side)
+
+
+def test_windows_get_the_frames_of_their_time_span(setup):
+  """Long videos run in windows: each window's call carries the features of its steps and the
+  frames of its time span (4 frames per step here: steps [s, s + 4) -> frames [4 s ... ),
+  worked by hand below); the merged detections equal the signature run on those slices."""
+  spy = _Spy(setup["detector"])
   features = video_source.feature_readers.open_source(
       {"rgb": 4}, features=f"rgb:{setup['rgb']}", feature_fps=FEATURE_FPS, video_ids=["v1"])
-  source = video_source.MixedVideoSource(features, setup["videos"], detector.stream_dims,
+  source = video_source.MixedVideoSource(features, setup["videos"], spy.stream_dims,
                                          fps=FRAME_FPS, video_ids=["v1"])
-  with pytest.raises(ValueError, match=r"video v1: 12 feature steps > window_steps 4"):
-    inference_lib.run_inference(detector, source, window_steps=4)
+  result = inference_lib.run_inference(spy, source, window_steps=4, window_overlap=0.5,
+                                       nms_iou_threshold=0.5)
+  assert result.stats["windows"] == 5 and not result.skipped
+  rgb = np.load(os.path.join(setup["rgb"], "v1.npy"))            # 12 steps
+  frames = _served(setup, "v1")["frames"][0]                     # 24 frames, 2 per step
+  # Hand-worked: stride 2 -> starts 0, 2, 4, 6, 8; frames [2 s, 2 (s + 4) + 1), <= 24.
+  expected = [(0, 0, 9), (2, 4, 13), (4, 8, 17), (6, 12, 21), (8, 16, 24)]
+  assert len(spy.calls) == len(expected)
+  fn = setup["serving"].signatures[exporter_lib.SERVING_SIGNATURE]
+  parts = []
+  for (start, a, b), (feats, num_steps, fps, side) in zip(expected, spy.calls):
+    np.testing.assert_array_equal(feats["rgb"][0, :4], rgb[start:start + 4])
+    assert list(num_steps) == [4] and list(fps) == [FEATURE_FPS]
+    side_frames, num_frames, frame_fps = side
+    assert list(num_frames) == [b - a] and list(frame_fps) == [FRAME_FPS]
+    np.testing.assert_array_equal(side_frames[0, :b - a], frames[a:b])
+    out = fn(rgb=tf.constant(rgb[np.newaxis, start:start + 4]),
+             num_steps=tf.constant([4], tf.int32), feature_fps=tf.constant([FEATURE_FPS]),
+             frames=tf.constant(frames[np.newaxis, a:b]),
+             num_frames=tf.constant([b - a], tf.int32), fps=tf.constant([FRAME_FPS]))
+    n = int(out["num_detections"][0])
+    parts.append((out["detection_segments"].numpy()[0, :n] + start / FEATURE_FPS,
+                  out["detection_scores"].numpy()[0, :n],
+                  out["detection_classes"].numpy()[0, :n]))
+  want = windowing.merge_detections(*(np.concatenate(x) for x in zip(*parts)), 0.5,
+                                    spy.max_detections)
+  got = result.detections["v1"]
+  assert len(got["scores"]) == len(want[1]) > 0
+  np.testing.assert_allclose(got["scores"], want[1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got["segments"], want[0], atol=1e-4)
+  np.testing.assert_array_equal(got["classes"], want[2])
+
+
+def test_cli_runs_long_videos_in_windows(setup, loaded_once, tmp_path):
+  output = str(tmp_path / "r.json")
+  result = infer_main.run(_cli_flags(setup, output, "--window_steps=4", "--batch_size=3"))
+  assert sorted(result.detections) == ["v1", "v2"]
+  # Overlap 0.25 -> stride 3; v1: 12 steps, starts 0, 3, 6, 8 (end-aligned); v2: 9 steps,
+  # starts 0, 3, 5.
+  assert result.stats["windows"] == 4 + 3
+  assert sorted(eval_io.load_results(output)) == ["v1", "v2"]

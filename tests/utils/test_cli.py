@@ -3,6 +3,7 @@ flag, the problem) with exit code 2, and no traceback (tal_tf.utils.cli)."""
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -204,3 +205,34 @@ def test_guard_reports_library_errors_and_keeps_bugs(capsys, monkeypatch):
   monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
   with pytest.raises(ValueError):
     raising(ValueError("shown with its traceback"))([])
+
+
+def test_matplotlib_config_dir_only_when_home_cannot_hold_it(tmp_path):
+  assert cli.matplotlib_config_dir({"HOME": str(tmp_path)}) is None          # creatable
+  assert cli.matplotlib_config_dir({"HOME": "/dev/null/x", "MPLCONFIGDIR": "/a"}) is None
+  assert cli.matplotlib_config_dir({"XDG_CONFIG_HOME": str(tmp_path), "HOME": "/dev/null/x"}) \
+      is None
+  chosen = cli.matplotlib_config_dir({"HOME": "/dev/null/x"})                # not a folder
+  assert chosen is not None and chosen.startswith(tempfile.gettempdir())
+  assert str(os.getuid()) in os.path.basename(chosen)
+
+
+def test_cli_with_an_unusable_home_keeps_stderr_quiet(tmp_path):
+  # A CLI importing matplotlib (as the evaluator's plots and Model Garden do) under a home
+  # that is not a folder: no multi-line matplotlib warning, a stable per-user folder instead.
+  script = tmp_path / "tool.py"
+  script.write_text(
+      "import os\n"
+      "from tal_tf.utils import cli\n"
+      "def main(argv):\n"
+      "  import matplotlib.font_manager  # noqa\n"
+      "  print(os.environ['MPLCONFIGDIR'])\n"
+      "  return 0\n"
+      "cli.run(main)\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME")}
+  env.update(HOME="/dev/null/x", PYTHONPATH=REPO)
+  done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  assert "matplotlib" not in done.stderr.lower(), done.stderr
+  assert done.stdout.strip() == cli.matplotlib_config_dir({"HOME": "/dev/null/x"})

@@ -117,3 +117,18 @@ def test_stale_modules_in_an_unwritable_folder_fail_with_both_paths(tmp_path, mo
   with pytest.raises(RuntimeError, match="not writable") as err:
     proto_compiler.ensure_compiled()
   assert out_dir in str(err.value) and str(src) in str(err.value)
+
+
+def test_failed_compilation_keeps_the_previous_modules(tmp_path):
+  src, out_dir = _compiled_copy(tmp_path)
+  before = {name: open(os.path.join(out_dir, name), "rb").read()
+            for name in os.listdir(out_dir) if name.endswith("_pb2.py")}
+  (src / "model.proto").write_bytes((src / "model.proto").read_bytes() + b"\nmessage {\n")
+  with pytest.raises(RuntimeError, match="protoc failed"):
+    proto_compiler.compile_protos(src_dir=str(src), out_root=str(tmp_path / "out"))
+  after = {name: open(os.path.join(out_dir, name), "rb").read()
+           for name in os.listdir(out_dir) if name.endswith("_pb2.py")}
+  assert after == before
+  # No staging folder left behind, and the modules are (correctly) still stale.
+  assert not [name for name in os.listdir(out_dir) if name.startswith(".protoc-")]
+  assert proto_compiler.is_stale(str(src), out_dir)
