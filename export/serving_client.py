@@ -8,9 +8,14 @@ r"""Client for a tal_tf model served by TensorFlow Serving: feature files -> res
   python export/serving_client.py --rest_url=http://localhost:8501 --model_name=tal_net ...
 
 The stream names and dims are read from the served signature (model metadata), so the
-client needs no config. Long videos are sent in overlapping windows (`--window_steps`,
-`--window_overlap`) and merged by per-class NMS exactly like the offline inference CLI
-(`python -m tal_tf.inference.infer_main`), which shares the feature readers and the merge.
+client needs no config. The feature rate (--feature_fps, or each record's) is checked
+against the rates the model was trained on, read from the served version's model_info.json
+(--model_info, default the one beside --label_map): outside them widened by a factor 1.25 is
+a one-line error unless --allow_feature_fps_mismatch (then a warning); without a
+model_info.json that records them, the rate is not checked (a warning says so). Long
+videos are sent in overlapping windows (`--window_steps`, `--window_overlap`) and merged by
+per-class NMS exactly like the offline inference CLI (`python -m
+tal_tf.inference.infer_main`), which shares the feature readers and the merge.
 
 Request / response helpers (usable on their own):
   build_predict_request(inputs, model_name, ...) -> predict_pb2.PredictRequest
@@ -273,8 +278,15 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("hdf5_features", None, "HDF5 features (as in infer_main).",
                       flag_values=fv)
   flags.DEFINE_list("tfrecords", None, "SequenceExample TFRecord patterns.", flag_values=fv)
-  flags.DEFINE_float("feature_fps", None, "Feature steps per second (npy / HDF5).",
-                     flag_values=fv)
+  flags.DEFINE_float("feature_fps", None, "Feature steps per second (npy / HDF5). Checked "
+                     "against the model's training rates (--model_info).", flag_values=fv)
+  flags.DEFINE_string("model_info", None, "The served version's model_info.json (or its "
+                      "version directory), whose training_feature_fps the rate is checked "
+                      "against (default: the model_info.json beside --label_map; neither: "
+                      "not checked, with a warning).", flag_values=fv)
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  feature_rates.define_check_flags(fv, "--feature_fps, a record's video/feature_fps",
+                                   "records' video/duration")
   flags.DEFINE_list("video_ids", None, "Only these videos.", flag_values=fv)
   flags.DEFINE_string("label_map", None, "Label map for class names (the exported "
                       "<version>/label_map.pbtxt).", flag_values=fv)
@@ -287,6 +299,39 @@ def define_flags(flag_values=flags.FLAGS):
                      "(the model's second-stage NMS threshold).", flag_values=fv)
   flags.DEFINE_integer("batch_size", 1, "Windows per request.", lower_bound=1, flag_values=fv)
   flags.DEFINE_float("timeout", 60.0, "Seconds per request.", flag_values=fv)
+
+
+def served_model_info(fv):
+  """(model_info dict or None, where it came from): --model_info (a file or a version
+  directory), else the model_info.json beside --label_map."""
+  from tal_tf.export import exporter_lib  # pylint: disable=g-import-not-at-top
+  path = getattr(fv, "model_info", None)
+  if path:
+    if os.path.isdir(path):
+      path = os.path.join(path, exporter_lib.MODEL_INFO_NAME)
+    if not os.path.isfile(path):
+      raise app.UsageError(f"--model_info {fv.model_info!r}: no such file (give the served "
+                           "version's model_info.json or its directory)")
+  elif fv.label_map:
+    path = os.path.join(os.path.dirname(os.path.abspath(fv.label_map)),
+                        exporter_lib.MODEL_INFO_NAME)
+    if not os.path.isfile(path):
+      return None, None
+  else:
+    return None, None
+  info = exporter_lib.read_model_info(os.path.dirname(os.path.abspath(path)))
+  return info, path
+
+
+def rate_check(fv):
+  """feature_rates.RateCheck of the served model (from `served_model_info`); a model
+  without known training rates is not checked (RateCheck warns)."""
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  info, path = served_model_info(fv)
+  training = (info or {}).get(feature_rates.MODEL_INFO_KEY)
+  where = path or f"model {fv.model_name!r} (no --model_info)"
+  return feature_rates.RateCheck(training, where, allow=fv.allow_feature_fps_mismatch,
+                                 length_tolerance=fv.length_tolerance)
 
 
 def make_predictor(fv):
@@ -313,6 +358,10 @@ def run(fv, predictor=None):
   # classes are written as class_<id> comes once there are results to write.
   names = (label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
            if fv.label_map else None)
+  # Before any request: a rate far from the training rates gives wrong times, not an error.
+  check = rate_check(fv)
+  if fv.feature_fps is not None:
+    check.check_rate(fv.feature_fps, "--feature_fps")
   predictor = predictor or make_predictor(fv)
   try:
     detector = ServingDetector(predictor)
@@ -322,8 +371,11 @@ def run(fv, predictor=None):
           tfrecords=fv.tfrecords, feature_fps=fv.feature_fps, video_ids=fv.video_ids)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
+    origin = ((lambda video: f"video/feature_fps of {video.where}") if fv.tfrecords
+              else "--feature_fps")
     result = inference_lib.run_inference(
-        detector, source, window_steps=fv.window_steps, window_overlap=fv.window_overlap,
+        detector, check.videos(source, origin), window_steps=fv.window_steps,
+        window_overlap=fv.window_overlap,
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
   finally:
     predictor.close()

@@ -6,11 +6,13 @@ Predict / GetModelMetadata (gRPC) and :predict / metadata (REST) messages in-pro
 requests the client sends and the responses it parses are TF Serving's own protos / JSON.
 """
 from concurrent import futures
+import contextlib
 import http.server
 import json
 import os
 import threading
 
+from absl import app
 import grpc
 import numpy as np
 import pytest
@@ -21,8 +23,10 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from tal_tf.data import sequence_example
 from tal_tf.evaluation import io as eval_io
 from tal_tf.export import exporter_lib
+from tal_tf.utils import feature_rates
 from tests import cli_util
 from tests.export import cli_loader
 from tests.export import tiny_model
@@ -176,13 +180,22 @@ def _check_results(path, expected):
     assert list(got[video]["labels"]) == exp["labels"]
 
 
-def test_grpc_client_turns_features_into_results_json(served, tmp_path):
+@contextlib.contextmanager
+def _grpc_server(served):
+  """A gRPC server on a free local port answering from `served`: yields (service, port)."""
   service = _PredictionService(served)
   server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
   port = server.add_insecure_port("127.0.0.1:0")
   server.start()
   try:
+    yield service, port
+  finally:
+    server.stop(0)
+
+
+def test_grpc_client_turns_features_into_results_json(served, tmp_path):
+  with _grpc_server(served) as (service, port):
     lengths = (33, 12)
     features = _write_npy_features(str(tmp_path), lengths)
     output = str(tmp_path / "results.json")
@@ -191,8 +204,6 @@ def test_grpc_client_turns_features_into_results_json(served, tmp_path):
                        f"--label_map={served['export_dir']}/label_map.pbtxt",
                        f"--output={output}", "--batch_size=2")
     result = client.run(fv)
-  finally:
-    server.stop(0)
   assert not result.skipped
   assert len(service.requests) == 1  # Both videos in one batched request.
   assert service.requests[0].model_spec.name == "tal_net"
@@ -259,3 +270,62 @@ def test_rest_client_with_windows_matches_offline_inference(served, tmp_path):
   infer_main.run(fv)
   with open(output) as a, open(offline) as b:
     assert json.load(a) == json.load(b)
+
+
+# ----------------------------------------------------------------------------- rate check
+class _NoServer:
+  """A predictor that must not be called (the rate check comes before any request)."""
+
+  def __getattr__(self, name):
+    raise AssertionError(f"the client reached the server ({name}) before checking the rate")
+
+
+def test_rate_check_reads_the_served_versions_model_info(exported, tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)  # Trained at 1.6 and 2.0 steps/s.
+  beside_label_map = f"--label_map={rated['export_dir']}/label_map.pbtxt"
+  for source in (f"--model_info={rated['export_dir']}",
+                 f"--model_info={rated['export_dir']}/model_info.json", beside_label_map):
+    check = client.rate_check(_client_flags("--server=x:1", source))
+    assert check.training["min"] == 1.6 and check.training["max"] == 2.0, source
+    check.check_rate(1.28, "--feature_fps")
+    check.check_rate(2.5, "--feature_fps")
+    with pytest.raises(feature_rates.FeatureRateError,
+                       match=r"^--feature_fps = 2.6 is outside .*/1/model_info.json was trained "
+                       r"on \(1.6..2 steps/s over 3 videos"):
+      check.check_rate(2.6, "--feature_fps")
+  # The older export records no rates; no model_info at all: not checked.
+  for args in ([f"--label_map={exported['export_dir']}/label_map.pbtxt"], []):
+    check = client.rate_check(_client_flags("--server=x:1", *args))
+    assert check.training is None
+    check.check_rate(100.0, "--feature_fps")
+  with pytest.raises(app.UsageError, match="--model_info '/nonexistent': no such file"):
+    client.rate_check(_client_flags("--server=x:1", "--model_info=/nonexistent"))
+
+
+def test_client_refuses_a_far_rate_before_any_request(tmp_path, tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)
+  features = _write_npy_features(str(tmp_path), (12,))
+  fv = _client_flags("--server=x:1", f"--features={features}", "--feature_fps=1.0",
+                     f"--model_info={rated['export_dir']}", f"--output={tmp_path / 'r.json'}")
+  with pytest.raises(feature_rates.FeatureRateError, match="pass --allow_feature_fps_mismatch"):
+    client.run(fv, predictor=_NoServer())
+
+
+def test_client_checks_each_records_rate_and_the_override_runs(served, tmp_path,
+                                                               tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)
+  records = str(tmp_path / "far.tfrecord")
+  with tf.io.TFRecordWriter(records) as writer:
+    writer.write(sequence_example.make_sequence_example(
+        "far", 12 / 5.0, 5.0, tiny_model.random_features(12, 3), np.zeros((0, 2)), [],
+        []).SerializeToString())
+  with _grpc_server(served) as (service, port):
+    args = [f"--server=127.0.0.1:{port}", f"--tfrecords={records}",
+            f"--model_info={rated['export_dir']}", f"--output={tmp_path / 'r.json'}"]
+    with pytest.raises(feature_rates.FeatureRateError,
+                       match=rf"^video/feature_fps of {records}\[record 0\] = 5 is outside"):
+      client.run(_client_flags(*args))
+    assert not service.requests
+    result = client.run(_client_flags(*args, "--allow_feature_fps_mismatch"))
+  assert sorted(result.detections) == ["far"] and len(service.requests) == 1
+  np.testing.assert_allclose(tf.make_ndarray(service.requests[0].inputs["feature_fps"]), [5.0])
