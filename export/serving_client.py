@@ -35,6 +35,12 @@ frames for a frames model; `--window_overlap`) and merged by per-class NMS exact
 infer_main, which shares the readers, the windowing and the merge (run_inference), so both
 write the same results JSON for the same export and inputs.
 
+The rate of every video (--feature_fps, each record's video/feature_fps, or a frames model's
+frame rate) is checked against the rates the model was trained on, read from the served
+version's model_info.json (`training_feature_fps`): outside them widened by a factor 1.25 is
+a one-line error unless --allow_feature_fps_mismatch (then a warning); without a
+model_info.json that records them, the rate is not checked (a warning says so).
+
 Request / response helpers (usable on their own):
   build_predict_request(inputs, model_name, ...) -> predict_pb2.PredictRequest
   parse_predict_response(response) -> {output name: numpy array}
@@ -394,8 +400,8 @@ def define_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string("hdf5_features", None, "HDF5 features (as in infer_main).",
                       flag_values=fv)
   flags.DEFINE_list("tfrecords", None, "SequenceExample TFRecord patterns.", flag_values=fv)
-  flags.DEFINE_float("feature_fps", None, "Feature steps per second (npy / HDF5).",
-                     flag_values=fv)
+  flags.DEFINE_float("feature_fps", None, "Feature steps per second (npy / HDF5). Checked "
+                     "against the model's training rates (--model_info).", flag_values=fv)
   flags.DEFINE_string("video", None, "A video file or a folder of videos: the frames of a "
                       "model reading frames (alone), or of a model reading features and frames "
                       "(with one feature source, matched by video id); for a feature model, "
@@ -406,9 +412,14 @@ def define_flags(flag_values=flags.FLAGS):
                      "per second to decode at (default: the rate in --model_info).",
                      flag_values=fv)
   flags.DEFINE_string("model_info", None, "The served version's model_info.json (or its "
-                      "version directory): the frame rate a frames model was trained on and "
-                      "the model's stream order (default: the model_info.json beside "
-                      "--label_map, if any).", flag_values=fv)
+                      "version directory): the frame rate a frames model was trained on, the "
+                      "model's stream order and the training feature rates the rate is "
+                      "checked against (default: the model_info.json beside --label_map; "
+                      "neither: not checked, with a warning).", flag_values=fv)
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  feature_rates.define_check_flags(fv, "--feature_fps, a record's video/feature_fps, "
+                                   "--frame_rate", "records' video/duration; the video of "
+                                   "--video with a feature source")
   flags.DEFINE_list("video_ids", None, "Only these videos.", flag_values=fv)
   flags.DEFINE_string("label_map", None, "Label map for class names (the exported "
                       "<version>/label_map.pbtxt).", flag_values=fv)
@@ -443,6 +454,25 @@ def served_model_info(fv):
     return None, None
   info = exporter_lib.read_model_info(os.path.dirname(os.path.abspath(path)))
   return info, path
+
+
+def rate_check(fv, served=None):
+  """feature_rates.RateCheck of the served model; served: (model_info, its path) as
+  `served_model_info(fv)` returns them (read here when not given). A model without known
+  training rates is not checked (RateCheck warns)."""
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  info, info_path = served if served is not None else served_model_info(fv)
+  training = (info or {}).get(feature_rates.MODEL_INFO_KEY)
+  where = info_path or f"model {fv.model_name!r} (no --model_info)"
+  return feature_rates.RateCheck(training, where, allow=fv.allow_feature_fps_mismatch,
+                                 length_tolerance=fv.length_tolerance)
+
+
+def _reads_frames_only(info):
+  """True when model_info.json says every stream of the model is frames (its rate is the
+  frame rate, not --feature_fps)."""
+  streams = ((info or {}).get("inputs") or {}).get("streams") or {}
+  return bool(streams) and all(v.get("type") == "frames" for v in streams.values())
 
 
 def make_predictor(fv):
@@ -485,13 +515,19 @@ def run(fv, predictor=None):
   names = (label_map_util.id_to_name_if_exists(fv.label_map, flag="--label_map")
            if fv.label_map else None)
   info, info_path = served_model_info(fv)
+  # Before any request: a rate far from the training rates gives wrong times, not an error.
+  check = rate_check(fv, (info, info_path))
+  if fv.feature_fps is not None and not _reads_frames_only(info):
+    check.check_rate(fv.feature_fps, "--feature_fps")
   predictor = predictor or make_predictor(fv)
   try:
     detector = ServingDetector(predictor, model_info=info)
     _check_frame_rate(fv, detector, info_path)
     source = infer_main.feature_source(fv, detector.stream_dims)
+    origin = infer_main.rate_origin(fv, detector.stream_dims)
     result = inference_lib.run_inference(
-        detector, source, window_steps=fv.window_steps, window_overlap=fv.window_overlap,
+        detector, check.videos(source, origin), window_steps=fv.window_steps,
+        window_overlap=fv.window_overlap,
         batch_size=fv.batch_size, nms_iou_threshold=fv.nms_iou_threshold)
   finally:
     predictor.close()

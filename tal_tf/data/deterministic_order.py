@@ -41,13 +41,14 @@ _FOOTER_BYTES = 4  # uint32 masked CRC of the data.
 Sharding = collections.namedtuple("Sharding", ["mode", "files", "reason"])
 
 
-def count_records(path):
-  """Number of whole records in a TFRecord file, from its length headers (payloads are
-  skipped with seeks; a truncated last record is not counted)."""
+def record_spans(path, file=None):
+  """(payload offset, payload length) of each whole record of a TFRecord file, from its
+  length headers (payloads are skipped with seeks; a truncated last record is not
+  listed). `file`: an open binary file of `path` to read (default: opened here)."""
   size = tf.io.gfile.stat(path).length
-  count = 0
-  offset = 0
-  with tf.io.gfile.GFile(path, "rb") as f:
+  f = file if file is not None else tf.io.gfile.GFile(path, "rb")
+  try:
+    offset = 0
     while offset + _HEADER_BYTES <= size:
       f.seek(offset)
       header = f.read(8)
@@ -57,9 +58,17 @@ def count_records(path):
       end = offset + _HEADER_BYTES + length + _FOOTER_BYTES
       if end > size:
         break
-      count += 1
+      yield offset + _HEADER_BYTES, length
       offset = end
-  return count
+  finally:
+    if file is None:
+      f.close()
+
+
+def count_records(path):
+  """Number of whole records in a TFRecord file, from its length headers (payloads are
+  skipped with seeks; a truncated last record is not counted)."""
+  return sum(1 for _ in record_spans(path))
 
 
 def choose_sharding(record_counts, num_pipelines, pipeline_id, max_file_imbalance=0.05):

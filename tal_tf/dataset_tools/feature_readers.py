@@ -186,12 +186,16 @@ def _npy_dim(path):
 
 class Video:
   """One video's features: id, num_steps (common length of its streams), per-stream lengths,
-  feature_fps (None when the source has none) and a windowed reader."""
+  feature_fps (None when the source has none), duration in seconds when the source knows it
+  apart from the features (records' video/duration; None otherwise) and a windowed reader."""
 
-  def __init__(self, video_id, num_steps, feature_fps, reader, where, stream_lengths=None):
+  def __init__(self, video_id, num_steps, feature_fps, reader, where, stream_lengths=None,
+               duration=None):
     self.video_id = video_id
     self.num_steps = int(num_steps)
     self.feature_fps = None if feature_fps is None else float(feature_fps)
+    self.duration = float(duration) if duration and np.isfinite(duration) and duration > 0 \
+        else None
     self._reader = reader
     self.where = where
     self.stream_lengths = dict(stream_lengths or {})
@@ -510,7 +514,8 @@ class TfRecordSource:
       raise FeatureError("features_malformed", f"{where}: video/feature_fps must be > 0, got "
                          f"{fps}")
     return Video(decoded["video_id"], num_steps, fps,
-                 lambda a, b: {s: x[a:b] for s, x in arrays.items()}, where, lengths)
+                 lambda a, b: {s: x[a:b] for s, x in arrays.items()}, where, lengths,
+                 duration=decoded.get("duration"))
 
 
 def hdf5_files(spec):

@@ -6,7 +6,8 @@ Layout written under `output_directory` (a TF Serving model base path)::
   <output_directory>/<version>/variables/          weights
   <output_directory>/<version>/pipeline.config     the config the model was built from
   <output_directory>/<version>/label_map.pbtxt     class names (when a label map is known)
-  <output_directory>/<version>/model_info.json     streams, outputs, window merging (tools)
+  <output_directory>/<version>/model_info.json     streams, outputs, window merging and the
+                                                   training feature rates (tools)
   <output_directory>/<version>/checkpoint/ckpt-1   model-only checkpoint of the same weights
 
 TF Serving reads only `saved_model.pb`, `variables/` and `assets/` of a version directory and
@@ -33,7 +34,11 @@ both: the feature streams with num_steps and feature_fps, and <frames stream> ui
 [B, F, H, W, 3] with num_frames [B] and fps [B]; the model's `predict` receives num_frames,
 fps and feature_fps among its features. Such a model has serving_default only (a record
 holds either features or frames). model_info.json records which inputs a model takes
-(`inputs`: names, stream kinds, frame size and rate).
+(`inputs`: names, stream kinds, frame size and rate) and, copied from the training
+model_dir's training_feature_fps.json, the rates the model was trained on
+(`training_feature_fps`: min, max, videos, rates), against which the inference CLI and the
+serving client check the rate they are given (tal_tf.utils.feature_rates). A model_dir
+without that file (trained before it was written) exports without the key.
 
 Every input is checked inside the graph (rank, feature dims, consistent batch and length,
 0 <= num_steps <= T, finite positive feature_fps, finite features on valid steps); a bad
@@ -61,6 +66,7 @@ from tal_tf.data import input_fields
 from tal_tf.meta_architectures import meta_arch
 from tal_tf.utils import atomic_files
 from tal_tf.utils import config_util
+from tal_tf.utils import feature_rates
 
 SERVING_SIGNATURE = "serving_default"
 TF_EXAMPLE_SIGNATURE = "tf_example"
@@ -466,9 +472,11 @@ def input_info(stream_dims):
               rate=FPS_INPUT if frames else FEATURE_FPS_INPUT, streams=streams)
 
 
-def model_info(model, stream_dims=None):
+def model_info(model, stream_dims=None, training_rates=None):
   """What tools outside the graph need to know of a model (JSON-serializable dict); with
-  `stream_dims`, also its serving inputs (`input_info`)."""
+  `stream_dims`, also its serving inputs (`input_info`); with `training_rates` (the
+  model_dir's feature_rates summary), the rates it was trained on, which the inference
+  tools check the rate they are given against."""
   info = dict(
       meta_architecture=type(model).__name__,
       num_classes=int(model.num_classes),
@@ -480,15 +488,30 @@ def model_info(model, stream_dims=None):
                     for k, v in model.window_merge.items()})
   if stream_dims is not None:
     info["inputs"] = input_info(stream_dims)
+  if training_rates is not None:
+    info[feature_rates.MODEL_INFO_KEY] = feature_rates.for_model_info(training_rates)
   return info
 
 
-def write_model_info(model, directory, stream_dims=None):
+def write_model_info(model, directory, stream_dims=None, training_rates=None):
   """Writes model_info.json (read by the inference CLI; TF Serving ignores it)."""
   path = os.path.join(directory, MODEL_INFO_NAME)
   with tf.io.gfile.GFile(path, "w") as f:
-    f.write(json.dumps(model_info(model, stream_dims), indent=2, sort_keys=True))
+    f.write(json.dumps(model_info(model, stream_dims, training_rates), indent=2,
+                       sort_keys=True))
   return path
+
+
+def checkpoint_model_dir(checkpoint):
+  """The training model_dir of a checkpoint directory or prefix (where training wrote its
+  feature_rates summary)."""
+  return checkpoint if tf.io.gfile.isdir(checkpoint) else os.path.dirname(checkpoint)
+
+
+def training_rates_of(checkpoint):
+  """The feature rates summary beside a checkpoint (dir or prefix), or None for a model_dir
+  trained before the rates were recorded."""
+  return feature_rates.read_summary(checkpoint_model_dir(checkpoint))
 
 
 def read_model_info(export_dir):
@@ -714,6 +737,13 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
     version = choose_version(output_directory, model_version, overwrite)
     label_map = _label_map_source(config, label_map_path)
     module = build_detection_module(config, checkpoint, max_detections=max_detections)
+    # The model_dir given (a checkpoint state file may name prefixes elsewhere).
+    training_rates = training_rates_of(trained_checkpoint)
+    if training_rates is None:
+      logging.warning("%s has no %s (trained before the rates were recorded): the export "
+                      "records no training feature rates and inference cannot check the rate "
+                      "it is given", checkpoint_model_dir(trained_checkpoint),
+                      feature_rates.SUMMARY_NAME)
   except Exception:
     # A bad checkpoint or config leaves no empty model base path (which TF Serving, pointed
     # at it, would report as a model without versions).
@@ -727,7 +757,7 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
   staging = tempfile.mkdtemp(prefix=f".export-{version}-{os.getpid()}-", dir=output_directory)
   try:
     _write_version(module, config, staging, final_dir, output_directory, version,
-                   max_detections, label_map)
+                   max_detections, label_map, training_rates)
   except (OSError, tf.errors.OpError) as e:
     # A full disk (or a permission problem) while writing: the staging folder goes (below)
     # and the versions already served are untouched.
@@ -745,7 +775,7 @@ def export_saved_model(config, trained_checkpoint, output_directory, model_versi
 
 
 def _write_version(module, config, staging, final_dir, output_directory, version,
-                   max_detections, label_map):
+                   max_detections, label_map, training_rates=None):
   """Writes the version into `staging` and renames it to `final_dir` (see the module doc)."""
   tf.saved_model.save(module, staging, signatures=module.signatures())
   check_core_ops(staging)
@@ -761,7 +791,7 @@ def _write_version(module, config, staging, final_dir, output_directory, version
     saved_config.export_config.max_detections = int(max_detections)
   with open(os.path.join(staging, PIPELINE_CONFIG_NAME), "w", encoding="utf-8") as f:
     f.write(text_format.MessageToString(saved_config))
-  write_model_info(module.model, staging, module.stream_dims)
+  write_model_info(module.model, staging, module.stream_dims, training_rates)
   tf.train.Checkpoint(model=module.model).save(
       os.path.join(staging, CHECKPOINT_DIR_NAME, "ckpt"))
   os.chmod(staging, 0o755)  # mkdtemp makes it private; a server may run as another user.

@@ -38,6 +38,16 @@ run in windows overlapping by `--window_overlap` and merged by per-class NMS, so
 stays bounded for multi-hour videos. Output: {"results": {video_id: [{"segment": [s, e],
 "label": name, "score": p}]}}; `--proposals_output` also writes the class-agnostic
 proposals (for AR@AN). Videos whose features are unusable are skipped and listed on stderr.
+
+The feature rate is checked before any detection: postprocessing turns steps into seconds
+with the rate given, and the network's anchors are in steps, so a rate (--feature_fps, each
+record's video/feature_fps, --frame_rate) outside the rates the model was trained on
+(model_info.json "training_feature_fps", or the checkpoint's training_feature_fps.json)
+widened by a factor 1.25 stops with one line naming the value, the training range and the
+model; so does a video whose num_steps / rate disagrees with its known duration (records'
+video/duration, the decoded --video of a feature + frames model) beyond --length_tolerance.
+--allow_feature_fps_mismatch turns both into warnings. A model exported from a run that
+predates the record is not checked (said once).
 """
 
 import json
@@ -80,7 +90,13 @@ def define_flags(flag_values=flags.FLAGS):
                       "video's time axis (with the ground truth of --annotations if given).",
                       flag_values=fv)
   flags.DEFINE_float("feature_fps", None, "Feature steps per second (--features and "
-                     "--hdf5_features; TFRecords carry their own).", flag_values=fv)
+                     "--hdf5_features; TFRecords carry their own). Checked against the rates "
+                     "the model was trained on (model_info.json training_feature_fps): a "
+                     "rate outside [min / 1.25, max * 1.25] is an error.", flag_values=fv)
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  feature_rates.define_check_flags(
+      fv, "--feature_fps, a record's video/feature_fps, --frame_rate",
+      "records' video/duration; the video of --video with a feature source")
   flags.DEFINE_string("annotations", None, "Annotation JSON; with --subset, only that "
                       "subset's videos are processed.", flag_values=fv)
   flags.DEFINE_string("subset", None, "Subset of --annotations to process (case-insensitive, "
@@ -226,6 +242,27 @@ def _video_source(fv, stream_dims, video_ids):
   return video_source.VideoSource(fv.video, extractor, stream_dims, video_ids)
 
 
+def reads_frames_only(stream_dims):
+  """True for a model reading frames alone (its rate is the frame rate, not --feature_fps)."""
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
+  return all(stream_spec.is_frames(d) for d in stream_dims.values())
+
+
+def rate_origin(fv, stream_dims):
+  """Video -> where its rate comes from, for the rate check's message."""
+  if reads_frames_only(stream_dims):
+    flag = "--frame_rate" if getattr(fv, "frame_rate", None) else \
+        "the frame rate of model_info.json (--frame_rate)"
+    return lambda video: flag
+  if fv.tfrecords:
+    return lambda video: f"video/feature_fps of {video.where}"
+  if fv.feature_fps is not None:
+    return lambda video: "--feature_fps"
+  if fv.video and fv.feature_extractor:
+    return lambda video: f"the feature rate of --feature_extractor {fv.feature_extractor}"
+  return lambda video: f"the feature rate of video {video.video_id}"
+
+
 def run(fv):
   """Runs inference as configured by parsed flags; returns the InferenceResult."""
   from tal_tf.data import label_map_util  # pylint: disable=g-import-not-at-top
@@ -244,8 +281,14 @@ def run(fv):
   window_steps = defaults["window_steps"] if fv.window_steps is None else fv.window_steps
   overlap = defaults["window_overlap"] if fv.window_overlap is None else fv.window_overlap
   iou = defaults["nms_iou_threshold"] if fv.nms_iou_threshold is None else fv.nms_iou_threshold
+  # Before the work: a rate far from the training rates gives wrong times, not an error.
+  check = inference_lib.rate_check(detector, allow=fv.allow_feature_fps_mismatch,
+                                   length_tolerance=fv.length_tolerance)
+  if fv.feature_fps is not None and not reads_frames_only(detector.stream_dims):
+    check.check_rate(fv.feature_fps, "--feature_fps")
   result = inference_lib.run_inference(
-      detector, source, window_steps=window_steps, window_overlap=overlap,
+      detector, check.videos(source, rate_origin(fv, detector.stream_dims)),
+      window_steps=window_steps, window_overlap=overlap,
       batch_size=fv.batch_size, nms_iou_threshold=iou,
       proposal_nms_iou_threshold=defaults["proposal_nms_iou_threshold"],
       max_detections=fv.max_detections, max_proposals=defaults["max_proposals"],

@@ -115,6 +115,16 @@ class SavedModelDetector:
     return {k: v.numpy() for k, v in self._fn(**kwargs).items()}
 
 
+def rate_check(detector, allow=False, length_tolerance=0.1):
+  """feature_rates.RateCheck against the training rates of a detector's model_info, naming
+  its export (or checkpoint) directory."""
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  training = (detector.model_info or {}).get(feature_rates.MODEL_INFO_KEY)
+  origin = getattr(detector, "export_dir", None) or getattr(detector, "model_dir", None)
+  return feature_rates.RateCheck(training, origin or "(unknown)", allow=allow,
+                                 length_tolerance=length_tolerance)
+
+
 def side_stream(stream_dims):
   """The frames stream of a model that also reads feature streams (None otherwise)."""
   frames = [s for s, d in stream_dims.items() if stream_spec.is_frames(d)]
@@ -146,7 +156,10 @@ class CheckpointDetector:
     self.stream_dims = self._module.stream_dims
     self.side_stream = self._module.side_frames
     self.max_detections = self._module.max_detections
-    self.model_info = exporter_lib.model_info(self._module.model, self.stream_dims)
+    self.model_dir = exporter_lib.checkpoint_model_dir(checkpoint)
+    self.model_info = exporter_lib.model_info(
+        self._module.model, self.stream_dims,
+        training_rates=exporter_lib.training_rates_of(checkpoint))
     self.label_map_path = None
     for reader_name in ("eval_input_reader", "train_input_reader"):
       if config.HasField(reader_name) and getattr(config, reader_name).label_map_path:

@@ -176,6 +176,10 @@ class MixedVideoSource:
         continue
       if video.feature_fps:
         self.durations[video_id] = video.num_steps / video.feature_fps
+      # The decoded video's own length, against which the features' num_steps / rate is
+      # checked (feature_rates.RateCheck).
+      video.duration = video.frames.num_frames / self.fps
+      video.duration_source = path
       yield video_id, video
     for video_id, path in self.files.items():
       if video_id not in seen:

@@ -33,6 +33,7 @@ from tal_tf.core.standard_fields import InputFields
 from tal_tf.meta_architectures import meta_arch
 from tal_tf.training import checkpoint_util
 from tal_tf.utils import config_util
+from tal_tf.utils import feature_rates
 
 TRAIN_SUBDIR = "train"
 EVAL_SUBDIR = "eval"
@@ -478,6 +479,13 @@ class Trainer:
       # A resumed run replaces the saved config only after the restore: a config whose model
       # does not match the checkpoints stops there and must not replace their own config.
       config_util.save_pipeline_config(self.config, self.model_dir)
+      # The rates the weights learn at, for the exporter and the inference check (a resumed
+      # run keeps or widens the record: feature_rates' module doc).
+      reader = self.config.train_input_reader
+      if self.config.HasField("train_input_reader") and reader.input_path:
+        feature_rates.record_training_rates(
+            self.model_dir, reader.input_path, step=int(self.global_step.numpy()),
+            resumed=bool(self.resumed_checkpoint), skip_corrupt=reader.skip_corrupt_records)
     if self.is_chief:
       writer = tf.summary.create_file_writer(os.path.join(self.model_dir, TRAIN_SUBDIR))
     else:

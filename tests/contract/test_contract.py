@@ -294,6 +294,12 @@ def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_pa
   export_dir = os.path.join(serving, "1")
   with open(os.path.join(export_dir, "model_info.json")) as f:
     info = json.load(f)
+  # Training recorded its records' rate (a frame model's: the frame rate) and the export
+  # carries it; the inference CLI below checks its rate against it.
+  trained_rate = info["inputs"]["streams"][info["stream_names"][0]].get("fps", 1.0) \
+      if frames else 1.0
+  rates = info["training_feature_fps"]
+  assert (rates["min"], rates["max"]) == (trained_rate, trained_rate) and rates["videos"] > 0
   video = data["test_ids"][0]
   inputs, source_flags = _served_inputs(info, data, video)
   np.savez(str(tmp_path / "inputs.npz"), **inputs)

@@ -203,6 +203,22 @@ def test_export_writes_tf_serving_layout(exported):
   assert names == {1: "Jump", 2: "Run", 3: "Throw"}
 
 
+def test_model_info_carries_the_training_rates(exported, tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)
+  with open(os.path.join(rated["export_dir"], exporter_lib.MODEL_INFO_NAME)) as f:
+    info = json.load(f)
+  # TRAINING_RATES: v1 at 1.6, v2 and v3 at 2.0 steps/s.
+  assert info["training_feature_fps"] == dict(
+      min=1.6, max=2.0, videos=3, rates=[dict(fps=1.6, videos=1), dict(fps=2.0, videos=2)])
+  # The rest of model_info is that of the same model exported without the record.
+  with open(os.path.join(exported["export_dir"], exporter_lib.MODEL_INFO_NAME)) as f:
+    older = json.load(f)
+  # A model_dir without training_feature_fps.json (an older run) exports without the key.
+  assert "training_feature_fps" not in older
+  del info["training_feature_fps"]
+  assert info == older
+
+
 def test_exported_checkpoint_holds_the_trained_weights(exported):
   model = model_builder.build(exported["config"].model)
   exporter_lib.restore_model(model, tiny_model.STREAM_DIMS,

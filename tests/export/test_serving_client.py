@@ -5,13 +5,16 @@ and the whole client (gRPC and REST) against stand-in servers that run the Saved
 import json
 import os
 
+from absl import app
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
+from tal_tf.data import sequence_example
 from tal_tf.evaluation import io as eval_io
 from tal_tf.export import exporter_lib
+from tal_tf.utils import feature_rates
 from tests import cli_util
 from tests.export import cli_loader
 from tests.export import serving_stand_ins
@@ -195,3 +198,62 @@ def test_concatenated_hdf5_is_split_in_the_model_stream_order(served, tmp_path):
     got = json.load(a)
     assert got == json.load(b)
   assert sum(len(v) for v in got["results"].values()) > 0
+
+
+# ----------------------------------------------------------------------------- rate check
+class _NoServer:
+  """A predictor that must not be called (the rate check comes before any request)."""
+
+  def __getattr__(self, name):
+    raise AssertionError(f"the client reached the server ({name}) before checking the rate")
+
+
+def test_rate_check_reads_the_served_versions_model_info(exported, tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)  # Trained at 1.6 and 2.0 steps/s.
+  beside_label_map = f"--label_map={rated['export_dir']}/label_map.pbtxt"
+  for source in (f"--model_info={rated['export_dir']}",
+                 f"--model_info={rated['export_dir']}/model_info.json", beside_label_map):
+    check = client.rate_check(_client_flags("--server=x:1", source))
+    assert check.training["min"] == 1.6 and check.training["max"] == 2.0, source
+    check.check_rate(1.28, "--feature_fps")
+    check.check_rate(2.5, "--feature_fps")
+    with pytest.raises(feature_rates.FeatureRateError,
+                       match=r"^--feature_fps = 2.6 is outside .*/1/model_info.json was trained "
+                       r"on \(1.6..2 steps/s over 3 videos"):
+      check.check_rate(2.6, "--feature_fps")
+  # The older export records no rates; no model_info at all: not checked.
+  for args in ([f"--label_map={exported['export_dir']}/label_map.pbtxt"], []):
+    check = client.rate_check(_client_flags("--server=x:1", *args))
+    assert check.training is None
+    check.check_rate(100.0, "--feature_fps")
+  with pytest.raises(app.UsageError, match="--model_info '/nonexistent': no such file"):
+    client.rate_check(_client_flags("--server=x:1", "--model_info=/nonexistent"))
+
+
+def test_client_refuses_a_far_rate_before_any_request(tmp_path, tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)
+  features = _write_npy_features(str(tmp_path), (12,))
+  fv = _client_flags("--server=x:1", f"--features={features}", "--feature_fps=1.0",
+                     f"--model_info={rated['export_dir']}", f"--output={tmp_path / 'r.json'}")
+  with pytest.raises(feature_rates.FeatureRateError, match="pass --allow_feature_fps_mismatch"):
+    client.run(fv, predictor=_NoServer())
+
+
+def test_client_checks_each_records_rate_and_the_override_runs(served, tmp_path,
+                                                               tmp_path_factory):
+  rated = tiny_model.get_rated_export(tmp_path_factory)
+  records = str(tmp_path / "far.tfrecord")
+  with tf.io.TFRecordWriter(records) as writer:
+    writer.write(sequence_example.make_sequence_example(
+        "far", 12 / 5.0, 5.0, tiny_model.random_features(12, 3), np.zeros((0, 2)), [],
+        []).SerializeToString())
+  with serving_stand_ins.grpc_server(served) as (address, service):
+    args = [f"--server={address}", f"--tfrecords={records}",
+            f"--model_info={rated['export_dir']}", f"--output={tmp_path / 'r.json'}"]
+    with pytest.raises(feature_rates.FeatureRateError,
+                       match=rf"^video/feature_fps of {records}\[record 0\] = 5 is outside"):
+      client.run(_client_flags(*args))
+    assert not service.requests
+    result = client.run(_client_flags(*args, "--allow_feature_fps_mismatch"))
+  assert sorted(result.detections) == ["far"] and len(service.requests) == 1
+  np.testing.assert_allclose(tf.make_ndarray(service.requests[0].inputs["feature_fps"]), [5.0])

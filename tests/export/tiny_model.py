@@ -1,6 +1,7 @@
 """A tiny TAL-Net pipeline (2 streams, 3 classes) and its checkpoint, shared by export and
 inference tests."""
 import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -128,3 +129,29 @@ def export_tiny(root, stream_dims=None):
       f"--trained_checkpoint_dir={os.path.join(root, 'train')}",
       f"--output_directory={os.path.join(root, 'serving')}")
   return config_path, prefix, exporter_cli.run(fv)
+
+
+# The training rates of the rated export: two rates, as a converter with --frames_per_step
+# gives for videos of two frame rates.
+TRAINING_RATES = {"v1": 1.6, "v2": 2.0, "v3": 2.0}
+_RATED = {}
+
+
+def get_rated_export(tmp_path_factory):
+  """The tiny model's checkpoint in a model_dir whose training_feature_fps.json records
+  TRAINING_RATES (as training writes it), exported once per session with the library's
+  exporter; returns dict: model_dir, summary, export_dir."""
+  if "export_dir" in _RATED:
+    return _RATED
+  from tal_tf.utils import feature_rates  # pylint: disable=g-import-not-at-top
+  base = get_export(tmp_path_factory)
+  root = str(tmp_path_factory.mktemp("rated_export"))
+  model_dir = os.path.join(root, "train")
+  shutil.copytree(os.path.join(base["root"], "train"), model_dir)
+  summary = feature_rates.summarize(TRAINING_RATES)
+  summary.update(since_step=0, input_path=["train-*.tfrecord"])
+  feature_rates.write_summary(model_dir, summary)
+  export_dir = exporter_lib.export_saved_model(base["config"], model_dir,
+                                               os.path.join(root, "serving"))
+  _RATED.update(model_dir=model_dir, summary=summary, export_dir=export_dir)
+  return _RATED

@@ -174,6 +174,12 @@ def test_all_phases_train_from_frames_and_features_and_resume(data, tmp_path):
 
   # Export: one signature from frames + features, core ops only (checked by the exporter).
   export_dir = exporter_lib.export_saved_model(config, model_dir, str(tmp_path / "export"))
+  # The serving rate input is the train reader's (feature records at FEATURE_FPS); the
+  # actionness phase's trimmed frame clips (FRAME_FPS) are not part of the record.
+  info = exporter_lib.read_model_info(export_dir)
+  assert info["training_feature_fps"] == dict(
+      min=FEATURE_FPS, max=FEATURE_FPS, videos=len(VIDEOS),
+      rates=[dict(fps=FEATURE_FPS, videos=len(VIDEOS))])
   rng = np.random.default_rng(5)
   levels = np.where((np.arange(20) >= 6) & (np.arange(20) < 12), 200, 20)
   frames = np.clip(levels[None, :, None, None, None] + rng.integers(0, 6, (2, 20, H, W, 3)),

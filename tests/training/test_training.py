@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tal_tf.data import deterministic_order
 from tal_tf.dataset_tools import create_tfrecord
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.dataset_tools import synthetic_thumos
 from tal_tf.training import run_lib
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
+from tal_tf.utils import feature_rates
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIM = 8
@@ -171,6 +173,15 @@ def test_resume_continues_from_checkpoint_with_input_position(data, tmp_path):
   model_dir = str(tmp_path / "run")
   first = train_lib.Trainer(config, model_dir, num_train_steps=3)
   assert first.train() == 3
+  # The training rates record: every converted training video at 1 feature step per second.
+  rates_path = os.path.join(model_dir, feature_rates.SUMMARY_NAME)
+  with open(rates_path) as f:
+    recorded = json.load(f)
+  num_videos = sum(deterministic_order.count_records(p) for p in glob.glob(data["train"]))
+  assert num_videos >= 2
+  assert recorded == dict(min=1.0, max=1.0, videos=num_videos,
+                          rates=[dict(fps=1.0, videos=num_videos)], since_step=0,
+                          input_path=[data["train"]])
   weights_at_3 = [v.numpy() for v in first.model.trainable_variables]
   optimizer_at_3 = [v.numpy() for v in first.optimizer.variables()]
   # A fresh trainer (as after a restart) resumes at step 3 with the same weights, the same
@@ -189,6 +200,8 @@ def test_resume_continues_from_checkpoint_with_input_position(data, tmp_path):
   assert any(k.startswith("train_iterator") for k in reader.get_variable_to_shape_map())
   assert second.train() == 6
   assert tf.train.latest_checkpoint(model_dir).endswith("ckpt-6")
+  with open(rates_path) as f:
+    assert json.load(f) == recorded  # The resumed run on the same data keeps the record.
 
 
 def test_eval_mode_restores_and_reports(data, tmp_path):
@@ -313,6 +326,7 @@ tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 from tal_tf.training import train_lib
 from tal_tf.utils import config_util
+from tal_tf.utils import feature_rates
 config = config_util.load_pipeline_config(
     sys.argv[1], 'train_config { distribution_strategy: "mirrored" }')
 trainer = train_lib.Trainer(config, sys.argv[2], num_train_steps=2)
