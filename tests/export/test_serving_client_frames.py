@@ -122,7 +122,9 @@ def test_grpc_whole_videos_equal_offline_inference(setup, tmp_path):
   assert tf.make_ndarray(request.inputs["fps"]).tolist() == [FPS, FPS]
   with open(output) as f:
     got = json.load(f)
-  assert got == _offline(setup, str(tmp_path / "offline.json"))
+  # The same batches offline: a batch of 2 padded videos and two batches of 1 agree only to
+  # float rounding.
+  assert got == _offline(setup, str(tmp_path / "offline.json"), "--batch_size=2")
   assert sum(len(v) for v in got["results"].values()) > 0
 
 
