@@ -174,16 +174,19 @@ def feature_source(fv, stream_dims):
            if getattr(fv, n, None)]
   if inference_lib.side_stream(stream_dims) is not None:
     return _mixed_source(fv, stream_dims, given)
+  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
+  if stream_spec.has_frames(stream_dims) and given != ["video"]:
+    extra = [f"--{n}" for n in given if n != "video"]
+    raise app.UsageError(
+        f"this model reads only frames (stream {next(iter(stream_dims))!r}): give --video "
+        "alone (decoded at the model's frame rate and size)"
+        + (f", not {', '.join(extra)}" if extra else ""))
   if len(given) != 1:
     raise app.UsageError("give exactly one of --features, --hdf5_features, --tfrecords or "
                          "--video")
   video_ids = selected_video_ids(fv)
   if given == ["video"]:
     return _video_source(fv, stream_dims, video_ids)
-  from tal_tf.core import stream_spec  # pylint: disable=g-import-not-at-top
-  if stream_spec.has_frames(stream_dims):
-    raise app.UsageError("this model reads frames: give --video (decoded at the model's "
-                         "frame rate and size)")
   try:
     return feature_readers.open_source(
         stream_dims, features=fv.features, hdf5_features=fv.hdf5_features,

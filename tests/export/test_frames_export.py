@@ -5,7 +5,6 @@ inference loop feeds frames window by window."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import text_format
 
 from tal_tf.core import stream_spec
 from tal_tf.core.standard_fields import DetectionFields as DF
@@ -14,26 +13,15 @@ from tal_tf.dataset_tools import create_frame_records
 from tal_tf.dataset_tools import feature_readers
 from tal_tf.export import exporter_lib
 from tal_tf.inference import inference_lib
-from tal_tf.protos import pipeline_pb2
+from tests.export import frames_model
 
-H, W, FPS = 24, 32, 10.0
-CONFIG = """
-model { scnn { num_classes: 2 streams: "frames" backbone: C3D fc6_units: 8 fc7_units: 8
-  c3d { width_multiplier: 0.0625 crop_size: 16 inference_chunk: 5 }
-  proposal_score_threshold: 0.0 max_detections: 10 max_proposals: 20
-  anchor_generator { sliding_window_anchor_generator {
-    window_lengths: [8, 16] overlap: 0.5 frames_per_step: 1 } } } }
-train_config { seed: 1 }
-eval_input_reader { input_path: "unused" streams { name: "frames" type: FRAMES
-  frame_height: 24 frame_width: 32 frame_rate: 10 } }
-"""
+H, W, FPS = frames_model.H, frames_model.W, frames_model.FPS
 
 
 @pytest.fixture(scope="module")
 def module():
   tf.keras.utils.set_random_seed(3)
-  config = text_format.Parse(CONFIG, pipeline_pb2.TrainEvalPipelineConfig())
-  return exporter_lib.build_detection_module(config)
+  return exporter_lib.build_detection_module(frames_model.config())
 
 
 def _frames(b, t, seed=0):

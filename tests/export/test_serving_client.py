@@ -1,27 +1,15 @@
 """Serving client: request building and response parsing against the exported signature,
-and the whole client (gRPC and REST) against stand-in servers that run the SavedModel.
-
-There is no TF Serving binary on these machines, so the servers here implement the same
-Predict / GetModelMetadata (gRPC) and :predict / metadata (REST) messages in-process; the
-requests the client sends and the responses it parses are TF Serving's own protos / JSON.
+and the whole client (gRPC and REST) against stand-in servers that run the SavedModel
+(tests/export/serving_stand_ins.py: there is no TF Serving binary on these machines).
 """
-from concurrent import futures
-import contextlib
-import http.server
 import json
 import os
-import threading
 
 from absl import app
-import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import json_format
-from tensorflow.core.protobuf import saved_model_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tal_tf.data import sequence_example
 from tal_tf.evaluation import io as eval_io
@@ -29,6 +17,7 @@ from tal_tf.export import exporter_lib
 from tal_tf.utils import feature_rates
 from tests import cli_util
 from tests.export import cli_loader
+from tests.export import serving_stand_ins
 from tests.export import tiny_model
 
 client = cli_loader.load_serving_client()
@@ -37,15 +26,7 @@ client = cli_loader.load_serving_client()
 @pytest.fixture(scope="module")
 def served(exported):
   """The loaded SavedModel plus its SignatureDefMap, as a server would hold them."""
-  loaded = tf.saved_model.load(exported["export_dir"])
-  saved = saved_model_pb2.SavedModel()
-  with open(os.path.join(exported["export_dir"], "saved_model.pb"), "rb") as f:
-    saved.ParseFromString(f.read())
-  sig_map = get_model_metadata_pb2.SignatureDefMap()
-  for name, sig in saved.meta_graphs[0].signature_def.items():
-    if not name.startswith("__"):
-      sig_map.signature_def[name].CopyFrom(sig)
-  return dict(loaded=loaded, sig_map=sig_map, **exported)
+  return dict(exported, **serving_stand_ins.load_served(exported["export_dir"]))
 
 
 def _inputs(lengths=(30, 17)):
@@ -54,9 +35,7 @@ def _inputs(lengths=(30, 17)):
   return dict(feats, num_steps=num_steps, feature_fps=np.array([1.0, 0.5], np.float32))
 
 
-def _run_signature(served, name, arrays):
-  fn = served["loaded"].signatures[name]
-  return {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in arrays.items()}).items()}
+_run_signature = serving_stand_ins.run_signature
 
 
 def test_request_holds_the_inputs_of_the_signature(served):
@@ -107,36 +86,12 @@ def test_rest_body_round_trip(served):
 
 
 def test_signature_metadata_gives_streams_and_detection_count(served):
-  dims, max_detections = client.signature_from_metadata(served["sig_map"])
+  dims, max_detections, side = client.signature_from_metadata(served["sig_map"])
   assert dict(dims) == {"flow": 8, "rgb": 12}
   assert max_detections == tiny_model.MAX_DETECTIONS
+  assert side is None
   with pytest.raises(ValueError, match="no signature 'nope'"):
     client.signature_from_metadata(served["sig_map"], "nope")
-
-
-# ----------------------------------------------------------------------------- stand-ins
-class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-  """Answers Predict and GetModelMetadata from the loaded SavedModel."""
-
-  def __init__(self, served):
-    self.served = served
-    self.requests = []
-
-  def Predict(self, request, context):  # pylint: disable=invalid-name
-    self.requests.append(request)
-    arrays = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
-    outputs = _run_signature(self.served, request.model_spec.signature_name, arrays)
-    response = predict_pb2.PredictResponse()
-    response.model_spec.CopyFrom(request.model_spec)
-    for name, value in outputs.items():
-      response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
-    return response
-
-  def GetModelMetadata(self, request, context):  # pylint: disable=invalid-name
-    response = get_model_metadata_pb2.GetModelMetadataResponse()
-    response.model_spec.CopyFrom(request.model_spec)
-    response.metadata["signature_def"].Pack(self.served["sig_map"])
-    return response
 
 
 def _write_npy_features(root, lengths):
@@ -180,26 +135,12 @@ def _check_results(path, expected):
     assert list(got[video]["labels"]) == exp["labels"]
 
 
-@contextlib.contextmanager
-def _grpc_server(served):
-  """A gRPC server on a free local port answering from `served`: yields (service, port)."""
-  service = _PredictionService(served)
-  server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
-  port = server.add_insecure_port("127.0.0.1:0")
-  server.start()
-  try:
-    yield service, port
-  finally:
-    server.stop(0)
-
-
 def test_grpc_client_turns_features_into_results_json(served, tmp_path):
-  with _grpc_server(served) as (service, port):
+  with serving_stand_ins.grpc_server(served) as (address, service):
     lengths = (33, 12)
     features = _write_npy_features(str(tmp_path), lengths)
     output = str(tmp_path / "results.json")
-    fv = _client_flags(f"--server=127.0.0.1:{port}", "--model_name=tal_net",
+    fv = _client_flags(f"--server={address}", "--model_name=tal_net",
                        f"--features={features}", "--feature_fps=2.0",
                        f"--label_map={served['export_dir']}/label_map.pbtxt",
                        f"--output={output}", "--batch_size=2")
@@ -210,55 +151,16 @@ def test_grpc_client_turns_features_into_results_json(served, tmp_path):
   _check_results(output, _expected_results(served, features, lengths, 2.0))
 
 
-class _RestHandler(http.server.BaseHTTPRequestHandler):
-  """TF Serving's REST routes for one model, answered from the SavedModel."""
-  served = None
-
-  def _reply(self, body, code=200):
-    data = json.dumps(body).encode("utf-8")
-    self.send_response(code)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
-
-  def do_GET(self):  # pylint: disable=invalid-name
-    if self.path == "/v1/models/tal_net/metadata":
-      sig = json_format.MessageToDict(self.served["sig_map"], preserving_proto_field_name=True)
-      self._reply({"model_spec": {"name": "tal_net"}, "metadata": {"signature_def": sig}})
-    else:
-      self._reply({"error": f"no route {self.path}"}, 404)
-
-  def do_POST(self):  # pylint: disable=invalid-name
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-    if self.path != "/v1/models/tal_net:predict":
-      return self._reply({"error": f"no route {self.path}"}, 404)
-    sig = self.served["sig_map"].signature_def[body["signature_name"]]
-    arrays = {k: np.asarray(v, tf.dtypes.as_dtype(sig.inputs[k].dtype).as_numpy_dtype)
-              for k, v in body["inputs"].items()}
-    outputs = _run_signature(self.served, body["signature_name"], arrays)
-    return self._reply({"outputs": {k: v.tolist() for k, v in outputs.items()}})
-
-  def log_message(self, *args):
-    pass
-
-
 def test_rest_client_with_windows_matches_offline_inference(served, tmp_path):
-  _RestHandler.served = served
-  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RestHandler)
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  try:
+  with serving_stand_ins.rest_server(served) as (url, _):
     features = _write_npy_features(str(tmp_path), (70,))
     output = str(tmp_path / "rest.json")
-    fv = _client_flags(f"--rest_url=http://127.0.0.1:{httpd.server_address[1]}",
+    fv = _client_flags(f"--rest_url={url}",
                        f"--features={features}", "--feature_fps=1.0",
                        f"--label_map={served['export_dir']}/label_map.pbtxt",
                        f"--output={output}", "--window_steps=32", "--window_overlap=0.25",
                        "--nms_iou_threshold=0.5", "--batch_size=3")
     result = client.run(fv)
-  finally:
-    httpd.shutdown()
   assert result.stats["windows"] == 3  # starts 0, 24, 38 (end-aligned)
   # The offline CLI on the same SavedModel and windows gives the same JSON.
   from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
@@ -270,6 +172,32 @@ def test_rest_client_with_windows_matches_offline_inference(served, tmp_path):
   infer_main.run(fv)
   with open(output) as a, open(offline) as b:
     assert json.load(a) == json.load(b)
+
+
+def test_concatenated_hdf5_is_split_in_the_model_stream_order(served, tmp_path):
+  """The signature lists streams alphabetically (flow, rgb); model_info.json (here the one
+  beside --label_map) gives the model's order (rgb, flow), in which a single HDF5 file of
+  [T, 12 + 8] is concatenated, as infer_main reads it."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  from tal_tf.inference import infer_main  # pylint: disable=g-import-not-at-top
+  assert list(tiny_model.STREAM_DIMS) == ["rgb", "flow"]
+  path = str(tmp_path / "feats.h5")
+  with h5py.File(path, "w") as f:
+    for i, t in enumerate((40, 21)):
+      values = tiny_model.random_features(t, 200 + i)
+      f.create_dataset(f"video_{i}", data=np.concatenate([values["rgb"], values["flow"]], 1))
+  output, offline = str(tmp_path / "served.json"), str(tmp_path / "offline.json")
+  with serving_stand_ins.grpc_server(served) as (address, _):
+    client.run(_client_flags(f"--server={address}", f"--hdf5_features={path}",
+                             "--feature_fps=1.0", f"--output={output}",
+                             f"--label_map={served['export_dir']}/label_map.pbtxt"))
+  infer_main.run(cli_util.parse_flags(
+      infer_main, f"--saved_model_dir={served['export_dir']}", f"--hdf5_features={path}",
+      "--feature_fps=1.0", f"--output={offline}"))
+  with open(output) as a, open(offline) as b:
+    got = json.load(a)
+    assert got == json.load(b)
+  assert sum(len(v) for v in got["results"].values()) > 0
 
 
 # ----------------------------------------------------------------------------- rate check
@@ -319,8 +247,8 @@ def test_client_checks_each_records_rate_and_the_override_runs(served, tmp_path,
     writer.write(sequence_example.make_sequence_example(
         "far", 12 / 5.0, 5.0, tiny_model.random_features(12, 3), np.zeros((0, 2)), [],
         []).SerializeToString())
-  with _grpc_server(served) as (service, port):
-    args = [f"--server=127.0.0.1:{port}", f"--tfrecords={records}",
+  with serving_stand_ins.grpc_server(served) as (address, service):
+    args = [f"--server={address}", f"--tfrecords={records}",
             f"--model_info={rated['export_dir']}", f"--output={tmp_path / 'r.json'}"]
     with pytest.raises(feature_rates.FeatureRateError,
                        match=rf"^video/feature_fps of {records}\[record 0\] = 5 is outside"):

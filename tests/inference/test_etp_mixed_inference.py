@@ -10,9 +10,7 @@ from absl import app
 import numpy as np
 import pytest
 import tensorflow as tf
-import tf_keras
 
-from tal_tf.builders import model_builder
 from tal_tf.core import stream_spec
 from tal_tf.data import label_map_util
 from tal_tf.evaluation import io as eval_io
@@ -24,6 +22,8 @@ from tal_tf.inference import windowing
 from tal_tf.utils import config_util
 from tal_tf.video import synthetic
 from tests import cli_util
+from tests.export import frames_model
+from tests.export import serving_stand_ins
 
 H, W = 36, 40
 FRAME_FPS, FEATURE_FPS = 4.0, 2.0
@@ -70,14 +70,7 @@ def setup(tmp_path_factory):
   with open(config_path, "w") as f:
     f.write(_config_text(root, label_map))
   config = config_util.load_pipeline_config(config_path)
-  tf.random.set_seed(3)
-  tf_keras.utils.set_random_seed(3)
-  model = model_builder.build(config.model)
-  dims = exporter_lib.stream_dims_from_config(config, model)
-  exporter_lib._build_variables(model, dims)  # pylint: disable=protected-access
-  tf.train.Checkpoint(model=model).save(str(root / "train" / "ckpt"))
-  export_dir = exporter_lib.export_saved_model(config, str(root / "train"),
-                                               str(root / "serving"))
+  export_dir = frames_model.export_untrained(config, root)
   videos = root / "videos"
   videos.mkdir()
   for i, (video_id, seconds) in enumerate(VIDEOS.items()):
@@ -272,3 +265,51 @@ def test_cli_runs_long_videos_in_windows(setup, loaded_once, tmp_path):
   # starts 0, 3, 5.
   assert result.stats["windows"] == 4 + 3
   assert sorted(eval_io.load_results(output)) == ["v1", "v2"]
+
+
+def test_serving_client_equals_the_cli_in_windows(setup, loaded_once, tmp_path):
+  """export/serving_client.py against a gRPC stand-in for TF Serving running the export:
+  features plus --video, long videos in windows each with the frames of its time span; the
+  frame rate from the model_info.json beside --label_map. Its results JSON equals infer_main's
+  on the same export and inputs."""
+  from tests.export import cli_loader  # pylint: disable=g-import-not-at-top
+  client = cli_loader.load_serving_client()
+  served = serving_stand_ins.load_served(setup["export_dir"], loaded=setup["serving"])
+  windows = ("--window_steps=4", "--window_overlap=0.25", "--nms_iou_threshold=0.5",
+             "--batch_size=3")
+  offline = str(tmp_path / "offline.json")
+  infer_main.run(_cli_flags(setup, offline, *windows))
+  with serving_stand_ins.grpc_server(served) as (address, service):
+    output = str(tmp_path / "served.json")
+    result = client.run(cli_util.parse_flags(
+        client, f"--server={address}", f"--features=rgb:{setup['rgb']}",
+        f"--feature_fps={FEATURE_FPS}", f"--video={setup['videos']}",
+        f"--label_map={setup['export_dir']}/label_map.pbtxt", f"--output={output}", *windows))
+  assert sorted(result.detections) == ["v1", "v2"]
+  assert sorted(result.skipped) == ["nofile", "orphan"]
+  assert result.stats["windows"] == 4 + 3  # As test_cli_runs_long_videos_in_windows.
+  first = service.requests[0].inputs
+  # The first batch: v1's windows at steps 0, 3, 6 (4 steps each); 2 frames per step, so
+  # frames [2 s, 2 (s + 4) + 1): 9 frames each.
+  assert sorted(first) == ["feature_fps", "fps", "frames", "num_frames", "num_steps", "rgb"]
+  assert first["frames"].dtype == tf.uint8.as_datatype_enum
+  assert tf.make_ndarray(first["num_frames"]).tolist() == [9, 9, 9]
+  assert tf.make_ndarray(first["fps"]).tolist() == [FRAME_FPS] * 3
+  with open(output) as a, open(offline) as b:
+    got, want = json.load(a), json.load(b)
+  assert got == want
+  assert sum(len(v) for v in got["results"].values()) > 0
+
+
+def test_serving_client_without_video_is_a_usage_error(setup, tmp_path):
+  from tests.export import cli_loader  # pylint: disable=g-import-not-at-top
+  client = cli_loader.load_serving_client()
+  served = serving_stand_ins.load_served(setup["export_dir"], loaded=setup["serving"])
+  with serving_stand_ins.grpc_server(served) as (address, service):
+    fv = cli_util.parse_flags(client, f"--server={address}", f"--features=rgb:{setup['rgb']}",
+                              f"--feature_fps={FEATURE_FPS}", f"--output={tmp_path / 'r.json'}")
+    with pytest.raises(app.UsageError, match=r"^this model reads feature streams and the "
+                                             r"frames stream 'frames': give one of --features, "
+                                             r"--hdf5_features or --tfrecords and --video$"):
+      client.run(fv)
+  assert not service.requests
