@@ -235,7 +235,6 @@ def _check_per_threshold_detections(case, model_dir, step, metrics, data):
   np.testing.assert_allclose(replayed["mAP"], metrics["detection"]["mAP"], atol=1e-6)
 
 
-@pytest.mark.spread
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_model_runs_the_whole_user_path(case, datasets, tmp_path_factory, tmp_path):
   shipped = config_util.load_pipeline_config(case.config)

@@ -1,6 +1,7 @@
 """Export under faults: a full disk and SIGKILL at random points leave the versions already
 exported intact (and servable), leave no half version, and a re-run completes."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -37,6 +38,14 @@ def _assert_versions_complete(base):
     path = os.path.join(base, str(version))
     assert os.path.isfile(os.path.join(path, "saved_model.pb")), path
     tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+
+
+def _served_copy(exported, base):
+  """Version 1 under `base`: a copy of the session's export of the same pipeline and
+  checkpoint (what `_export` would write again, without tracing the model once more)."""
+  first = os.path.join(base, "1")
+  shutil.copytree(exported["export_dir"], first)
+  return first
 
 
 def _export(exported, base, *extra):
@@ -81,7 +90,7 @@ def test_exporter_killed_at_random_points(exported, tmp_path, seed):
   served version: it is always there and complete afterwards, and a re-run completes."""
   rng = np.random.default_rng(seed)
   base = str(tmp_path / "serving")
-  first = _export(exported, base)
+  first = _served_copy(exported, base)
   before = _serve(first)
   cmd = [sys.executable, os.path.join(REPO, "export", "export_saved_model.py"),
          f"--pipeline_config={exported['config_path']}",
@@ -111,7 +120,7 @@ def test_overwrite_never_leaves_the_served_version_missing(exported, tmp_path, m
   moment, and a kill point, where it is missing)."""
   from tal_tf.utils import atomic_files  # pylint: disable=g-import-not-at-top
   base = str(tmp_path / "serving")
-  first = _export(exported, base)
+  first = _served_copy(exported, base)
   seen = []
 
   def observed(fn):
